@@ -351,7 +351,11 @@ class SpamDataModule(TextClassificationDataModule):
             write_csv_atomic(part, self.data_dir / f"{split}.csv")
         stamp["rows"] = {split: len(part) for split, part in parts.items()}
         stamp_file.write_text(json.dumps(stamp, indent=2))
-        log.info("wrote %s to %s", ", ".join(f"{s}.csv ({n} rows)" for s, n in stamp["rows"].items()), self.data_dir)
+        log.info(
+            "wrote %s to %s",
+            ", ".join(f"{s}.csv ({n} rows)" for s, n in stamp["rows"].items()),
+            self.data_dir,
+        )
 
     def _split_is_current(self, stamp_file: Path, stamp: dict) -> bool:
         """Reuse the CSVs only if they come from the same archive and seed and are complete."""

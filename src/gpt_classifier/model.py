@@ -73,9 +73,7 @@ class MultiHeadAttention(nn.Module):
             if self.causal:  # the query at position p sees keys 0..p
                 mask = torch.arange(tokens, device=x.device) <= query_pos[:, None]
                 mask = mask[:, None, None, :]
-            context = F.scaled_dot_product_attention(
-                queries, keys, values, attn_mask=mask, dropout_p=dropout
-            )
+            context = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, dropout_p=dropout)
         context = context.transpose(1, 2).reshape(batch, -1, emb_dim)
         return self.out_proj(context)
 
@@ -146,12 +144,14 @@ class GPTModel(nn.Module):
         lengths: Tensor | None = None,
         start_block: int = 0,
         pooling: Pooling = "token",
+        read_only: bool = True,
     ) -> Tensor:
         """Logits `[B, out_dim]` from hidden states `x` entering block `start_block`.
 
         `pooling="token"` reads position `read_pos[b]` of each example. `pooling="mean"` averages the
         logits over the first `lengths[b]` positions (the real tokens) and needs every position.
-        Pass `x=model.embed(input_ids)` and `start_block=0` to run the whole model.
+        Pass `x=model.embed(input_ids)` and `start_block=0` to run the whole model. `read_only=False`
+        computes the last block at every position and then reads (the book's way, for comparison).
         """
         blocks = self.trf_blocks[start_block:]
         if pooling == "mean":
@@ -160,8 +160,8 @@ class GPTModel(nn.Module):
             logits = self.out_head(self.final_norm(blocks(x)))
             real = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
             return (logits * real[..., None]).sum(1) / lengths[:, None].to(logits.dtype)
-        if len(blocks) == 0:
-            x = gather_positions(x, read_pos)
+        if len(blocks) == 0 or not read_only:
+            x = gather_positions(blocks(x), read_pos)
         else:
             x = blocks[-1](blocks[:-1](x), query_pos=read_pos)
         return self.out_head(self.final_norm(x[:, 0]))

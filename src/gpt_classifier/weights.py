@@ -130,13 +130,19 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
         ) from None
 
 
-def load_pretrained(name_or_path: str | os.PathLike) -> GPTModel:
-    """A `GPTModel` with GPT-2 weights from the Hub (by name) or a local Hugging Face folder."""
+def load_pretrained(name_or_path: str | os.PathLike, cfg: GPTConfig | None = None) -> GPTModel:
+    """A `GPTModel` with GPT-2 weights from the Hub (by name) or a local Hugging Face folder.
+
+    The architecture comes from the checkpoint's `config.json`, or from `cfg` when given (to set
+    dropout, the causal mask or a shorter context); the weights must then fit it, key by key.
+    """
     folder = checkpoint_dir(name_or_path)
     config_file = folder / "config.json"
     if not config_file.is_file():
-        raise GPTClassifierError(f"{config_file} not found: a weights folder needs config.json and {WEIGHTS_FILE}")
-    cfg = config_from_hf(json.loads(config_file.read_text()))
+        raise GPTClassifierError(
+            f"{config_file} not found: a weights folder needs config.json and {WEIGHTS_FILE}"
+        )
+    cfg = cfg or config_from_hf(json.loads(config_file.read_text()))
     with torch.device("meta"):
         model = GPTModel(cfg)
     weights_file = folder / WEIGHTS_FILE

@@ -1,0 +1,16 @@
+"""Train a GPT-2 text classifier: `python train.py --help` lists the config groups and options."""
+
+import hydra
+from omegaconf import DictConfig
+
+from gpt_classifier.train import run_task, train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = run_task(train, cfg)
+    return metrics.get("val_acc") if metrics else None  # the value an optimizing sweeper maximizes
+
+
+if __name__ == "__main__":
+    main()
