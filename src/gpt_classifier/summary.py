@@ -27,11 +27,15 @@ METRIC_COLUMNS = [
 FAILED_FILE = "failed.txt"
 
 
-def run_row(job_dir: Path) -> dict[str, Any]:
-    """Overrides, status and metrics of one run folder."""
+def run_overrides(job_dir: Path) -> list[str]:
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-    row: dict[str, Any] = {"run": job_dir.name, "overrides": " ".join(overrides or [])}
+    return (yaml.safe_load(overrides_file.read_text()) or []) if overrides_file.is_file() else []
+
+
+def run_row(job_dir: Path, common: set[str]) -> dict[str, Any]:
+    """The overrides that set this run apart, its status and its metrics."""
+    overrides = [o for o in run_overrides(job_dir) if o not in common]
+    row: dict[str, Any] = {"run": job_dir.name, "overrides": " ".join(overrides)}
     metrics_file, failed_file = job_dir / "metrics.json", job_dir / FAILED_FILE
     if metrics_file.is_file():
         row["status"] = "ok"
@@ -47,9 +51,10 @@ def run_row(job_dir: Path) -> dict[str, Any]:
 def summarize(sweep_dir: Path) -> pd.DataFrame:
     """Write `summary.csv` and `summary.md` in `sweep_dir`; finished runs by val_acc, then the rest."""
     jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: p.name)
-    table = pd.DataFrame([run_row(p) for p in jobs])
-    if table.empty:
-        return table
+    if not jobs:
+        return pd.DataFrame()
+    common = set.intersection(*(set(run_overrides(p)) for p in jobs))
+    table = pd.DataFrame([run_row(p, common) for p in jobs])
     for column in [*METRIC_COLUMNS, "error"]:
         if column not in table:
             table[column] = None
@@ -58,8 +63,23 @@ def summarize(sweep_dir: Path) -> pd.DataFrame:
     table = table.drop(columns="_ok").reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
     table.to_csv(sweep_dir / "summary.csv", index=False)
-    (sweep_dir / "summary.md").write_text(table.to_markdown(index=False, floatfmt=".4f") + "\n")
+    header = f"Sweep {sweep_dir}; every run: {' '.join(sorted(common)) or '(no shared overrides)'}\n\n"
+    body = display(table).to_markdown(index=False)
+    (sweep_dir / "summary.md").write_text(header + body + "\n")
     return table
+
+
+def display(table: pd.DataFrame) -> pd.DataFrame:
+    """Accuracies in percent as the book prints them, losses to 4 places, blanks for missing values."""
+    shown = table.copy()
+    formats = {"acc": "{:.2f}".format, "loss": "{:.4f}".format, "examples_seen": "{:.0f}".format}
+    formats["train_seconds"] = "{:.1f}".format
+    for column in METRIC_COLUMNS:
+        kind = column.rsplit("_", 1)[-1] if column.endswith(("acc", "loss")) else column
+        scale = 100 if kind == "acc" else 1
+        shown[column] = [formats[kind](v * scale) if pd.notna(v) else "" for v in table[column]]
+    shown["error"] = shown["error"].fillna("")
+    return shown.rename(columns={c: f"{c} %" for c in METRIC_COLUMNS if c.endswith("acc")})
 
 
 class SweepSummary(Callback):

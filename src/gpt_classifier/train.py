@@ -144,8 +144,8 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             log.error("run failed: %s", err)
             (Path(HydraConfig.get().runtime.output_dir) / FAILED_FILE).write_text(f"{err}\n")
             return None
-        log.error("%s", err)
-        sys.exit(f"error: {err}")
+        log.error("%s", err)  # one line on the console and in the run's log file
+        sys.exit(2)
     except Exception:
         if not multirun:
             raise
