@@ -266,7 +266,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         if self.datasets:
             return
         tokenizer = get_tokenizer()
-        frames = {split: self._read_split(split) for split in SPLITS}
+        frames = {split: self.read_split(split) for split in SPLITS}
         encoded = {
             split: tokenizer.encode_ordinary_batch(df[self.text_column].astype(str).tolist())
             for split, df in frames.items()
@@ -285,7 +285,8 @@ class TextClassificationDataModule(L.LightningDataModule):
             labels = df[self.label_column].astype(int).tolist()
             self.datasets[split] = EncodedDataset([x[: self.max_length] for x in ids], labels)
 
-    def _read_split(self, split: str) -> pd.DataFrame:
+    def read_split(self, split: str) -> pd.DataFrame:
+        """The raw rows of one split's CSV, with its text and label columns checked."""
         path = self.data_dir / f"{split}.csv"
         if not path.is_file():
             raise GPTClassifierError(f"{path} not found: run prepare_data() or point data.data_dir at it")
