@@ -151,8 +151,8 @@ def prediction_speed(checkpoint: Path, book_checkpoint: Path | None, texts: list
 
 def markdown(results: dict, gflops: float) -> str:
     rows = [
-        "| mode | what | wall s | train tokens/s | peak RSS MB | train / val / test acc % | TFLOP | floor s | "
-        "wall / floor | speed-up vs a |",
+        "| mode | what | wall s | train tokens/s | peak RSS MB | train / val / test acc % | TFLOP | "
+        "floor s | wall / floor | speed-up vs a |",
         "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     base = results.get("a", {}).get("wall_seconds")
