@@ -31,7 +31,7 @@ def cache_problem(
         return "nothing below the first trainable block is frozen (the policy trains every block)"
     if model.cfg.drop_rate > 0:
         return f"dropout (drop_rate={model.cfg.drop_rate}) makes the frozen blocks random during training"
-    if padding != "max_length" and (not model.cfg.causal or (pooling == "token" and position == "last")):
+    if padding == "dynamic" and (not model.cfg.causal or (pooling == "token" and position == "last")):
         return (
             "with batch-dependent padding the read position's input depends on the batch "
             "(use data.padding=max_length, or classifier.position=flexible with the causal mask)"

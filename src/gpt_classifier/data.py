@@ -351,6 +351,7 @@ class SpamDataModule(TextClassificationDataModule):
         for split, part in parts.items():
             write_csv_atomic(part, self.data_dir / f"{split}.csv")
         stamp["rows"] = {split: len(part) for split, part in parts.items()}
+        stamp["sha256"] = {split: sha256_of(self.data_dir / f"{split}.csv") for split in SPLITS}
         stamp_file.write_text(json.dumps(stamp, indent=2))
         log.info(
             "wrote %s to %s",
@@ -359,19 +360,13 @@ class SpamDataModule(TextClassificationDataModule):
         )
 
     def _split_is_current(self, stamp_file: Path, stamp: dict) -> bool:
-        """Reuse the CSVs only if they come from the same archive and seed and are complete."""
+        """Reuse the CSVs only if they come from the same archive and seed and are unchanged."""
         try:
             saved = json.loads(stamp_file.read_text())
-            rows = saved["rows"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError):
             return False
-        if {k: saved.get(k) for k in stamp} != stamp:
+        if not isinstance(saved, dict) or {k: saved.get(k) for k in stamp} != stamp:
             return False
-        for split in SPLITS:
-            try:
-                df = pd.read_csv(self.data_dir / f"{split}.csv")
-            except (OSError, ValueError):
-                return False
-            if list(df.columns) != ["Label", "Text"] or len(df) != rows.get(split):
-                return False
-        return True
+        hashes = saved.get("sha256") or {}
+        paths = {split: self.data_dir / f"{split}.csv" for split in SPLITS}
+        return all(path.is_file() and sha256_of(path) == hashes.get(split) for split, path in paths.items())

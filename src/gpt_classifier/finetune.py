@@ -1,24 +1,94 @@
-"""Which parameters learn: the trainable-layer policies of chapter 6.
+"""Which parameters learn: the trainable-layer policies of chapter 6, and LoRA.
 
 Every policy starts from a fully frozen model whose `out_head` was replaced by a fresh classifier
 layer (always trainable). `last_block`, the book's default, also trains the last transformer block
-and `final_norm`.
+and `final_norm`. `lora` adds trainable low-rank factors to every linear layer of the transformer
+blocks, as in the book's appendix E.
+
+We use a small LoRA module of our own rather than peft: peft would bring transformers and
+accelerate as runtime dependencies to wrap six linear layers per block, and our own layer keeps
+the book's convention (the update is `alpha * x @ A @ B`) and merges in one line.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
 
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model import GPTModel
 
 POLICY_BLOCKS = {"last_layer": 0, "last_block": 1, "last_two_blocks": 2}
-POLICIES = (*POLICY_BLOCKS, "last_n_blocks", "all")
+POLICIES = (*POLICY_BLOCKS, "last_n_blocks", "all", "lora")
 
 
-def apply_policy(model: GPTModel, policy: str, last_n_blocks: int | None = None) -> None:
+class LoRALinear(nn.Module):
+    """A frozen `nn.Linear` plus a trainable low-rank update: `base(x) + alpha * (x @ A @ B)`.
+
+    `B` starts at zero, so training starts from the pretrained function exactly.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.A = nn.Parameter(torch.empty(base.in_features, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.B = nn.Parameter(torch.zeros(rank, base.out_features))
+        self.alpha = alpha
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.base(x) + self.alpha * (x @ self.A @ self.B)
+
+    def merged(self) -> nn.Linear:
+        """A plain `nn.Linear` computing the same function, for export and fast prediction."""
+        linear = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(self.base.weight + self.alpha * (self.A @ self.B).T)
+            if self.base.bias is not None:
+                linear.bias.copy_(self.base.bias)
+        return linear.to(self.base.weight.device, self.base.weight.dtype)
+
+
+def _swap(root: nn.Module, kind: type[nn.Module], make: Callable[[Any], nn.Module]) -> None:
+    """Replace every submodule of type `kind` under `root` by `make(submodule)`."""
+    for parent in list(root.modules()):
+        for attr, child in list(parent.named_children()):
+            if isinstance(child, kind):
+                setattr(parent, attr, make(child))
+
+
+def add_lora(model: GPTModel, rank: int, alpha: float) -> None:
+    """Wrap every linear layer of the transformer blocks in a `LoRALinear`."""
+    if rank < 1:
+        raise GPTClassifierError(f"finetune.lora_rank={rank} must be at least 1")
+    _swap(model.trf_blocks, nn.Linear, lambda layer: LoRALinear(layer, rank, alpha))
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Replace every `LoRALinear` in `model` by its merged plain `nn.Linear`, in place."""
+    _swap(model, LoRALinear, LoRALinear.merged)
+
+
+def apply_policy(
+    model: GPTModel,
+    policy: str,
+    last_n_blocks: int | None = None,
+    lora_rank: int = 16,
+    lora_alpha: float = 16.0,
+) -> None:
     """Freeze `model`, then unfreeze what `policy` trains (`last_n_blocks` needs `last_n_blocks=k`)."""
     n_layers = len(model.trf_blocks)
     if policy == "all":
         model.requires_grad_(True)
+        return
+    if policy == "lora":
+        model.requires_grad_(False)
+        add_lora(model, lora_rank, lora_alpha)  # new factors are trainable, their bases frozen
+        model.out_head.requires_grad_(True)
         return
     if policy in POLICY_BLOCKS:
         k = POLICY_BLOCKS[policy]

@@ -33,6 +33,8 @@ SHORT = {"train": "train", "validation": "val", "test": "test"}
 DEFAULT_FINETUNE = {
     "policy": "last_block",
     "last_n_blocks": None,
+    "lora_rank": 16,
+    "lora_alpha": 16.0,
     "cache_frozen": "auto",
     "read_positions_only": True,
 }
@@ -87,7 +89,13 @@ class GPTClassifier(L.LightningModule):
             )
         self.model = build_backbone(model)
         self.model.out_head = nn.Linear(self.model.cfg.emb_dim, len(class_names))
-        apply_policy(self.model, finetune["policy"], finetune["last_n_blocks"])
+        apply_policy(
+            self.model,
+            finetune["policy"],
+            finetune["last_n_blocks"],
+            finetune["lora_rank"],
+            finetune["lora_alpha"],
+        )
         trainable, total = count_parameters(self.model)
         log.info(
             "trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from gpt_classifier.data import PadCollate
 from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.finetune import merge_lora
 from gpt_classifier.module import GPTClassifier, load_classifier
 from gpt_classifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
 
@@ -93,6 +94,7 @@ def predict(cfg: DictConfig) -> list[Prediction]:
         texts = [str(cfg.text)]
     device = pick_device(cfg.device)
     model = load_classifier(cfg.ckpt_path, map_location=device)
+    merge_lora(model.model)  # LoRA factors folded into plain weights: same outputs, less work
     predictions = predict_texts(
         texts, model, get_tokenizer(), device, cfg.max_length, batch_size=cfg.batch_size
     )

@@ -36,6 +36,13 @@ def run_row(job_dir: Path, common: set[str]) -> dict[str, Any]:
     """The overrides that set this run apart, its status and its metrics."""
     overrides = [o for o in run_overrides(job_dir) if o not in common]
     row: dict[str, Any] = {"run": job_dir.name, "overrides": " ".join(overrides)}
+    config_file = job_dir / ".hydra" / "config.yaml"
+    book = (yaml.safe_load(config_file.read_text()) or {}).get("book") if config_file.is_file() else None
+    if book:  # an experiment preset from the book's table: its published figures beside ours
+        row["book_row"] = book["row"]
+        row["book train / val / test %"] = (
+            f"{book['train_acc']:.2f} / {book['val_acc']:.2f} / {book['test_acc']:.2f}"
+        )
     metrics_file, failed_file = job_dir / "metrics.json", job_dir / FAILED_FILE
     if metrics_file.is_file():
         row["status"] = "ok"

@@ -7,7 +7,10 @@ so tokenization never touches the network.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+from collections.abc import Iterator
 from importlib.resources import as_file, files
 
 import tiktoken
@@ -20,11 +23,29 @@ VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 
 
+@contextlib.contextmanager
+def _tiktoken_cache_disabled() -> Iterator[None]:
+    """tiktoken skips its file cache when TIKTOKEN_CACHE_DIR is empty."""
+    saved = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = ""
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["TIKTOKEN_CACHE_DIR"]
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = saved
+
+
 @functools.cache
 def get_tokenizer() -> tiktoken.Encoding:
     """Return an Encoding identical to `tiktoken.get_encoding("gpt2")`, without the network."""
     bpe_dir = files("gpt_classifier") / "assets" / "gpt2-bpe"
-    with as_file(bpe_dir / "vocab.bpe") as vocab_bpe, as_file(bpe_dir / "encoder.json") as encoder_json:
+    with (
+        as_file(bpe_dir / "vocab.bpe") as vocab_bpe,
+        as_file(bpe_dir / "encoder.json") as encoder_json,
+        _tiktoken_cache_disabled(),  # our files are local: copying them to a cache dir could only fail
+    ):
         ranks = data_gym_to_mergeable_bpe_ranks(
             vocab_bpe_file=str(vocab_bpe),
             encoder_json_file=str(encoder_json),

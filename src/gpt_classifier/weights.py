@@ -108,6 +108,8 @@ def convert_hf_state_dict(hf_state: dict[str, Tensor], model: GPTModel, source: 
             tensor = tensor.chunk(3, dim=-1)[third.start]
         if transposed:
             tensor = tensor.t()
+        if key == "pos_emb.weight" and tensor.shape[0] > target.shape[0]:
+            tensor = tensor[: target.shape[0]]  # a shorter context keeps the first positions
         if tensor.shape != target.shape:
             raise GPTClassifierError(
                 f"{source}: key {hf_key!r} has shape {tuple(tensor.shape)}, "

@@ -1,0 +1,41 @@
+"""Shared fixtures: the chapter-6 SMS split (from the bundled zip) and tiny Hugging Face GPT-2 checkpoints."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def sms_split_dir(tmp_path_factory):
+    """train/validation/test CSVs written by `SpamDataModule.prepare_data` from the bundled zip."""
+    from gpt_classifier.data import SpamDataModule
+
+    root = tmp_path_factory.mktemp("sms")
+    split_dir = root / "split"
+    SpamDataModule(data_dir=split_dir, urls=[], cache_dir=root / "cache", seed=123).prepare_data()
+    return split_dir
+
+
+@pytest.fixture
+def make_hf_checkpoint(tmp_path):
+    """Factory: a random GPT-2 (vocab 50257, tiny widths) saved with `save_pretrained`.
+
+    Returns `(folder, hf_model)` with the model in eval mode. Every parameter, biases and LayerNorm
+    included, gets seeded noise on top of the HF init (which zeroes biases), so a weight mapped to
+    the wrong place changes the logits.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def make(n_layer=2, n_head=2, n_embd=32, n_positions=64, seed=0):
+        torch.manual_seed(seed)
+        config = GPT2Config(
+            n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions, vocab_size=50257
+        )
+        hf_model = GPT2LMHeadModel(config)
+        with torch.no_grad():
+            for param in hf_model.parameters():
+                param.add_(0.05 * torch.randn_like(param))
+        folder = tmp_path / f"gpt2-l{n_layer}-h{n_head}-e{n_embd}-p{n_positions}-s{seed}"
+        hf_model.save_pretrained(folder)
+        return folder, hf_model.eval()
+
+    return make
