@@ -89,6 +89,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.prepare_data()
         datamodule.setup()
     module.datamodule = datamodule
+    if cfg.get("compile"):
+        for block in module.model.trf_blocks:
+            block.compile()
     trainer = make_trainer(cfg)
 
     started = time.perf_counter()
