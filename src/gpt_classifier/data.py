@@ -163,16 +163,48 @@ class PadCollate:
         }
 
 
-class LengthGroupedBatchSampler(Sampler[list[int]]):
+class EpochSeeded:
+    """Shuffling from (seed, epoch) alone, so a run resumed from a checkpoint sees the same order.
+
+    The seed is drawn from torch's global generator when the sampler is made (so `seed_everything`
+    fixes it); Lightning calls `set_epoch` before every epoch.
+    """
+
+    def __init__(self) -> None:
+        self.seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed + self.epoch)
+
+
+class EpochShuffleSampler(EpochSeeded, Sampler[int]):
+    """A fresh permutation of the dataset every epoch."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __iter__(self) -> Iterator[int]:
+        yield from torch.randperm(self.size, generator=self.generator()).tolist()
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class LengthGroupedBatchSampler(EpochSeeded, Sampler[list[int]]):
     """Batches of similar length, to pad less: shuffle, sort within windows of batches, shuffle batches.
 
-    Randomness comes from torch's global generator at each epoch, as with `shuffle=True`, so
-    `seed_everything` makes runs repeatable. With `shuffle=False` batches follow sorted length.
+    With `shuffle=False` batches follow sorted length (longest first).
     """
 
     def __init__(
         self, lengths: list[int], batch_size: int, shuffle: bool, drop_last: bool, window: int = 50
     ) -> None:
+        super().__init__()
         self.lengths = lengths
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -184,15 +216,12 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             order = sorted(range(len(self.lengths)), key=self.lengths.__getitem__, reverse=True)
             yield from self._cut(order)
             return
-        seed = int(torch.empty((), dtype=torch.int64).random_().item())
-        generator = torch.Generator().manual_seed(seed)
+        generator = self.generator()
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
         batches = []
         for start in range(0, len(order), self.window):
             window = sorted(order[start : start + self.window], key=self.lengths.__getitem__)
             batches.extend(self._cut(window))
-        if self.drop_last:
-            batches = [b for b in batches if len(b) == self.batch_size]
         for i in torch.randperm(len(batches), generator=generator).tolist():
             yield batches[i]
 
@@ -308,7 +337,8 @@ class TextClassificationDataModule(L.LightningDataModule):
         if self.group_by_length and self.padding != "max_length":
             sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, shuffle=train, drop_last=train)
             return DataLoader(dataset, batch_sampler=sampler, **common)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, **common)
+        sampler = EpochShuffleSampler(len(dataset)) if train else None
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

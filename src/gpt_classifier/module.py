@@ -87,6 +87,9 @@ class GPTClassifier(L.LightningModule):
             raise GPTClassifierError(
                 f"classifier.pooling={classifier['pooling']!r} is unknown: use token or mean"
             )
+        # Unpadded batches of one have their last token at the end: read it however batches are padded later.
+        unpadded_last = data["padding"] == "none" and classifier["position"] == "last"
+        self.position = "flexible" if unpadded_last else classifier["position"]
         self.model = build_backbone(model)
         self.model.out_head = nn.Linear(self.model.cfg.emb_dim, len(class_names))
         apply_policy(
@@ -127,9 +130,7 @@ class GPTClassifier(L.LightningModule):
         if setting is False:
             return False
         clf, data = self.hparams["classifier"], self.hparams["data"]
-        problem = cache_problem(
-            self.model, self.start_block, data["padding"], clf["position"], clf["pooling"]
-        )
+        problem = cache_problem(self.model, self.start_block, data["padding"], self.position, clf["pooling"])
         if problem and setting is True:
             raise GPTClassifierError(f"finetune.cache_frozen=true is impossible here: {problem}")
         if problem:
@@ -146,7 +147,7 @@ class GPTClassifier(L.LightningModule):
                 self.start_block,
                 datamodule.datasets[split],
                 pad_to,
-                clf["position"],
+                self.position,
                 clf["pooling"],
                 data["pad_token_id"],
             )
@@ -167,7 +168,7 @@ class GPTClassifier(L.LightningModule):
     def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
         """Class logits `[B, num_classes]` for padded token ids, computed from the tokens."""
         clf = self.hparams["classifier"]
-        read = read_positions(lengths, input_ids.shape[1], clf["position"])
+        read = read_positions(lengths, input_ids.shape[1], self.position)
         return self.model.classify(
             self.model.embed(input_ids),
             read,

@@ -44,6 +44,7 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def write_json_atomic(data: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)

@@ -1,0 +1,257 @@
+"""Classifying new texts: `classify_review`, batched `predict_texts`, `predict.py`, broken checkpoints."""
+
+import math
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from helpers import PREDICT_PY, TINY_MODEL, adamw, quiet_trainer, run_many
+from hydra import compose, initialize_config_dir
+
+from gpt_classifier.data import SpamDataModule
+from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.module import GPTClassifier, load_classifier
+from gpt_classifier.predict import classify_review, predict, predict_texts
+from gpt_classifier.tokenizer import get_tokenizer
+
+CLASSES = {"not spam", "spam"}
+SPAM = "You are a winner you have been specially selected to receive $1000 cash or a $2000 award."
+HAM = "Hey, just wanted to check if we're still on for dinner tonight? Let me know!"
+MODELS = {
+    # name: (data padding, classifier, finetune)
+    "book": ("max_length", {"position": "last"}, {"policy": "last_block"}),
+    "flexible": ("dynamic", {"position": "flexible"}, {"policy": "all"}),
+}
+
+
+def train_model(split_dir, padding, classifier, finetune):
+    """One epoch of the tiny model; returns it with its test accuracy as Lightning measured it."""
+    dm = SpamDataModule(data_dir=split_dir, urls=[], padding=padding, batch_size=16)
+    dm.prepare_data()
+    dm.setup()
+    torch.manual_seed(0)
+    module = GPTClassifier(
+        TINY_MODEL,
+        dm.class_names,
+        finetune=finetune,
+        classifier=classifier,
+        data={"max_length": dm.max_length, "padding": dm.padding},
+        optimizer=adamw(2e-3),
+    )
+    trainer = quiet_trainer(limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, dataloaders=dm.test_dataloader(), verbose=False)
+    return module.eval(), float(trainer.callback_metrics["final/test_acc"]), trainer
+
+
+@pytest.fixture(scope="module")
+def trained(sms_split_dir, tmp_path_factory):
+    """The two tiny models of MODELS, trained once, each with its checkpoint file."""
+    folder = tmp_path_factory.mktemp("predict_models")
+    models = {}
+    for name, (padding, classifier, finetune) in MODELS.items():
+        module, test_acc, trainer = train_model(sms_split_dir, padding, classifier, finetune)
+        path = folder / f"{name}.ckpt"
+        trainer.save_checkpoint(path)
+        module.release_cache()
+        models[name] = (module, test_acc, path)
+    return models
+
+
+@pytest.fixture(scope="module")
+def sms_test_split(sms_split_dir):
+    return pd.read_csv(sms_split_dir / "test.csv")
+
+
+def test_classify_review_returns_a_class_name(trained):
+    model, _, _ = trained["book"]
+    labels = {classify_review(text, model, get_tokenizer(), "cpu") for text in (SPAM, HAM, "", "ok")}
+    assert labels <= CLASSES
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_predictions_on_the_test_split_match_the_evaluation(trained, sms_test_split, name):
+    """Predicting the test texts gives the accuracy Lightning measured: same tokens, padding, reading."""
+    model, test_acc, _ = trained[name]
+    predictions = predict_texts(sms_test_split["Text"].astype(str).tolist(), model, get_tokenizer(), "cpu")
+    labels = [model.class_names.index(p.label) for p in predictions]
+    accuracy = sum(a == b for a, b in zip(labels, sms_test_split["Label"], strict=True)) / len(labels)
+    assert accuracy == pytest.approx(test_acc, abs=1e-6)
+    assert test_acc > 0.6  # it learned something: both classes occur among the predictions
+    assert {p.label for p in predictions} == CLASSES
+    assert all(0.5 <= p.probability <= 1 for p in predictions)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_batched_predictions_equal_one_at_a_time(trained, sms_test_split, name):
+    model, _, _ = trained[name]
+    long_text = " ".join(sms_test_split["Text"].astype(str).head(30))  # longer than max_length: truncated
+    texts = [SPAM, HAM, "", long_text, *sms_test_split["Text"].astype(str).head(45)]
+    tokenizer = get_tokenizer()
+    batched = predict_texts(texts, model, tokenizer, "cpu", batch_size=16)
+    single = [predict_texts([text], model, tokenizer, "cpu")[0] for text in texts]
+    assert [p.text for p in batched] == texts  # in the order given, though batched by length
+    assert [p.label for p in batched] == [p.label for p in single]
+    assert [classify_review(t, model, tokenizer, "cpu") for t in texts[:4]] == [p.label for p in single[:4]]
+    for b, s in zip(batched, single, strict=True):
+        assert b.probability == pytest.approx(s.probability, abs=1e-5)
+
+
+def test_unpadded_model_predicts_batched_as_one_at_a_time():
+    torch.manual_seed(0)
+    model = GPTClassifier(TINY_MODEL, sorted(CLASSES), data={"max_length": 120, "padding": "none"}).eval()
+    texts = ["ok", HAM, SPAM]
+    tokenizer = get_tokenizer()
+    batched = predict_texts(texts, model, tokenizer, "cpu")
+    single = [predict_texts([text], model, tokenizer, "cpu")[0] for text in texts]
+    assert [p.probability for p in batched] == pytest.approx([p.probability for p in single], abs=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_checkpoint_round_trip_predicts_the_same(trained, sms_test_split, name):
+    model, _, path = trained[name]
+    loaded = load_classifier(path)
+    assert not loaded.training
+    assert loaded.hparams["data"] == model.hparams["data"]
+    texts = sms_test_split["Text"].astype(str).head(40).tolist()
+    tokenizer = get_tokenizer()
+    before = predict_texts(texts, model, tokenizer, "cpu")
+    after = predict_texts(texts, loaded, tokenizer, "cpu")
+    assert [p.label for p in after] == [p.label for p in before]
+    assert [p.probability for p in after] == pytest.approx([p.probability for p in before], abs=1e-6)
+
+
+def test_truncated_checkpoint_is_a_clear_error(trained, tmp_path):
+    _, _, path = trained["book"]
+    cut = tmp_path / "cut.ckpt"
+    data = path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(GPTClassifierError, match="is unreadable") as info:
+        load_classifier(cut)
+    assert "\n" not in str(info.value)
+
+
+def test_foreign_and_missing_checkpoints_are_clear_errors(tmp_path):
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(GPTClassifierError, match="has no model settings"):
+        load_classifier(foreign)
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(GPTClassifierError, match="is unreadable"):
+        load_classifier(text)
+    with pytest.raises(GPTClassifierError, match="not found"):
+        load_classifier(tmp_path / "missing.ckpt")
+
+
+def predict_config(overrides):
+    with initialize_config_dir(config_dir=str(PREDICT_PY.parent / "conf"), version_base="1.3"):
+        return compose("predict", overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["text=hello"], "pass ckpt_path="),
+        (["ckpt_path={ckpt}"], "pass exactly one of text="),
+        (["ckpt_path={ckpt}", "text=hello", "texts_file={ckpt}"], "pass exactly one of text="),
+        (["ckpt_path={ckpt}", "texts_file=/missing/texts.txt"], "texts_file=/missing/texts.txt not found"),
+    ],
+)
+def test_predict_task_errors(trained, overrides, message):
+    ckpt = trained["book"][2]
+    cfg = predict_config([o.format(ckpt=ckpt) for o in overrides])
+    with pytest.raises(GPTClassifierError, match=message):
+        predict(cfg)
+
+
+@pytest.fixture(scope="module")
+def cli(trained, tmp_path_factory):
+    """The `predict.py` runs of this module, started together."""
+    cwd = tmp_path_factory.mktemp("predict_cli")
+    ckpt = trained["book"][2]
+    texts_file = cwd / "messages.txt"
+    texts_file.write_text(f"{SPAM}\n\n{HAM}\nok then, see you at 5\n", encoding="utf-8")
+    jobs = {
+        "text": ["device=cpu", f"ckpt_path={ckpt}", f"text='{SPAM}'"],
+        "texts_file": ["device=cpu", f"ckpt_path={ckpt}", f"texts_file={texts_file}"],
+        "missing_ckpt": ["device=cpu", f"ckpt_path={cwd / 'missing.ckpt'}", "text=hello"],
+        "no_text": ["device=cpu", f"ckpt_path={ckpt}"],
+        # README's command `'text="..."'` after the shell removed the single quotes; '!' and ','
+        # need Hydra's quotes
+        "documented_command": [
+            "device=cpu",
+            f"ckpt_path={ckpt}",
+            'text="You won a 1000 cash prize, call now!"',
+        ],
+    }
+    results = run_many({name: (PREDICT_PY, args, cwd) for name, args in jobs.items()}, timeout=300)
+    results["texts"] = [SPAM, HAM, "ok then, see you at 5"]
+    results["cwd"] = cwd
+    return results
+
+
+def expected_lines(model, texts):
+    return [
+        f"{p.label}\t{p.probability:.4f}\t{p.text}"
+        for p in predict_texts(texts, model, get_tokenizer(), "cpu")
+    ]
+
+
+def assert_predicted(result, model, texts):
+    assert result.returncode == 0, result
+    assert "Traceback" not in result.stderr, result
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(texts), result
+    expected = expected_lines(model, texts)
+    for line, want in zip(lines, expected, strict=True):
+        label, probability, text = line.split("\t")
+        want_label, want_probability, want_text = want.split("\t")
+        assert (label, text) == (want_label, want_text)
+        assert label in CLASSES
+        assert math.isclose(float(probability), float(want_probability), abs_tol=2e-4)
+
+
+def test_cli_text(cli, trained):
+    assert_predicted(cli["text"], trained["book"][0], [SPAM])
+
+
+def test_cli_texts_file(cli, trained):
+    """One line per non-blank line of the file, in order."""
+    assert_predicted(cli["texts_file"], trained["book"][0], cli["texts"])
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("missing_ckpt", "missing.ckpt not found"), ("no_text", "pass exactly one of text=")],
+)
+def test_cli_errors_are_one_line(cli, name, message):
+    result = cli[name]
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, result
+    assert "Traceback" not in output, result
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result  # the error line and nothing else
+
+
+def test_cli_documented_text_command(cli):
+    result = cli["documented_command"]
+    assert result.returncode == 0, result
+    assert result.stdout.strip().endswith("\tYou won a 1000 cash prize, call now!"), result
+
+
+def test_cli_writes_nothing_into_the_working_directory(cli):
+    """`predict.py` writes no run folder or log file (`hydra.output_subdir: null`, `run.dir: .`)."""
+    assert sorted(p.name for p in cli["cwd"].iterdir()) == ["messages.txt"]
+
+
+def test_truncated_checkpoint_copy_keeps_the_original(trained, tmp_path):
+    _, _, path = trained["flexible"]
+    copy = tmp_path / "copy.ckpt"
+    shutil.copy(path, copy)
+    with open(copy, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(GPTClassifierError, match="unreadable"):
+        load_classifier(copy)
+    assert load_classifier(path).hparams["classifier"]["position"] == "flexible"
