@@ -163,7 +163,35 @@ class PadCollate:
         }
 
 
-class EpochSeeded:
+def process_shard() -> tuple[int, int]:
+    """(rank, number of processes) while torch.distributed runs (DDP, FSDP), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ProcessSharded:
+    """A sampler that gives each training process its own share of the data.
+
+    The rank is read when the sampler is iterated, not when it is made: `train.py` makes its
+    evaluation loaders before Lightning starts the other processes. Lightning's own replacement of
+    samplers (`use_distributed_sampler`) is off in `conf/trainer`: its `DistributedSampler` pads an
+    evaluation split to a multiple of the processes, so some examples would count twice. `shard`
+    fixes (rank, processes) instead, for tests.
+    """
+
+    shard: tuple[int, int] | None = None
+
+    def processes(self) -> tuple[int, int]:
+        return self.shard or process_shard()
+
+
+def pad_cyclic(order: list[int], size: int) -> list[int]:
+    """`order` repeated from its start up to `size` items (as `DistributedSampler` pads)."""
+    return (order * (size // max(1, len(order)) + 1))[:size]
+
+
+class EpochSeeded(ProcessSharded):
     """Shuffling from (seed, epoch) alone, so a run resumed from a checkpoint sees the same order.
 
     The seed is drawn from torch's global generator when the sampler is made (so `seed_everything`
@@ -182,23 +210,54 @@ class EpochSeeded:
 
 
 class EpochShuffleSampler(EpochSeeded, Sampler[int]):
-    """A fresh permutation of the dataset every epoch."""
+    """A fresh permutation of the dataset every epoch.
+
+    With several processes, every one draws the same permutation (same seed) and keeps every n-th
+    index, padded from the start so that all take the same number of steps.
+    """
 
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
 
     def __iter__(self) -> Iterator[int]:
-        yield from torch.randperm(self.size, generator=self.generator()).tolist()
+        order = torch.randperm(self.size, generator=self.generator()).tolist()
+        rank, world = self.processes()
+        if world > 1:
+            order = pad_cyclic(order, len(self) * world)[rank::world]
+        yield from order
 
     def __len__(self) -> int:
-        return self.size
+        return -(-self.size // self.processes()[1])
+
+
+class SequentialShardSampler(ProcessSharded, Sampler[int]):
+    """The split in order; with several processes, one contiguous slice each, every example once.
+
+    149 validation examples over 2 processes are slices of 74 and 75: distributed evaluation
+    counts exactly the examples a single process does.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def _slice(self) -> range:
+        rank, world = self.processes()
+        return range(self.size * rank // world, self.size * (rank + 1) // world)
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self._slice()
+
+    def __len__(self) -> int:
+        return len(self._slice())
 
 
 class LengthGroupedBatchSampler(EpochSeeded, Sampler[list[int]]):
     """Batches of similar length, to pad less: shuffle, sort within windows of batches, shuffle batches.
 
-    With `shuffle=False` batches follow sorted length (longest first).
+    With `shuffle=False` batches follow sorted length (longest first). With several processes,
+    every one makes the same batches and takes every n-th; in training (`drop_last`) the batches
+    are first cut to a multiple of the processes, so that all take the same number of steps.
     """
 
     def __init__(
@@ -212,18 +271,23 @@ class LengthGroupedBatchSampler(EpochSeeded, Sampler[list[int]]):
         self.window = window * batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
+        batches = self._batches()
+        rank, world = self.processes()
+        if self.drop_last:
+            batches = batches[: len(batches) // world * world]
+        yield from batches[rank::world]
+
+    def _batches(self) -> list[list[int]]:
         if not self.shuffle:
             order = sorted(range(len(self.lengths)), key=self.lengths.__getitem__, reverse=True)
-            yield from self._cut(order)
-            return
+            return self._cut(order)
         generator = self.generator()
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
         batches = []
         for start in range(0, len(order), self.window):
             window = sorted(order[start : start + self.window], key=self.lengths.__getitem__)
             batches.extend(self._cut(window))
-        for i in torch.randperm(len(batches), generator=generator).tolist():
-            yield batches[i]
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
     def _cut(self, order: list[int]) -> list[list[int]]:
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
@@ -233,7 +297,9 @@ class LengthGroupedBatchSampler(EpochSeeded, Sampler[list[int]]):
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.lengths), self.batch_size)
-        return full if self.drop_last or not rest else full + 1
+        count = full if self.drop_last or not rest else full + 1
+        rank, world = self.processes()
+        return count // world if self.drop_last else len(range(rank, count, world))
 
 
 class TextClassificationDataModule(L.LightningDataModule):
@@ -337,7 +403,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         if self.group_by_length and self.padding != "max_length":
             sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, shuffle=train, drop_last=train)
             return DataLoader(dataset, batch_sampler=sampler, **common)
-        sampler = EpochShuffleSampler(len(dataset)) if train else None
+        sampler = EpochShuffleSampler(len(dataset)) if train else SequentialShardSampler(len(dataset))
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train, **common)
 
     def train_dataloader(self) -> DataLoader:
@@ -400,3 +466,95 @@ class SpamDataModule(TextClassificationDataModule):
         hashes = saved.get("sha256") or {}
         paths = {split: self.data_dir / f"{split}.csv" for split in SPLITS}
         return all(path.is_file() and sha256_of(path) == hashes.get(split) for split, path in paths.items())
+
+
+class TabularDataModule(TextClassificationDataModule):
+    """Your own labelled texts with any number of classes.
+
+    Either one file (`path`), split by class into train/validation/test by `fractions` with `seed`,
+    or your own three files (`train_path`, `val_path`, `test_path`). CSV, TSV, JSONL or Parquet;
+    labels may be strings or integers. The classes, in order, are `class_names` when given, else
+    the sorted labels found; they are saved with the split and in every checkpoint.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        path: str | None = None,
+        train_path: str | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
+        text_column: str | int = "text",
+        label_column: str | int = "label",
+        header: bool = True,
+        class_names: Sequence[str | int] | None = None,
+        balance: bool = False,
+        fractions: Sequence[float] = (0.7, 0.1, 0.2),
+        seed: int = 123,
+        **kwargs,
+    ) -> None:
+        super().__init__(data_dir, class_names=[], **kwargs)
+        own_files = (train_path, val_path, test_path)
+        if (path is None) == all(p is None for p in own_files) or (path is None and None in own_files):
+            raise GPTClassifierError(
+                "set data.path=<file> to split one file, or all of data.train_path, data.val_path and "
+                "data.test_path to use your own splits"
+            )
+        self.path = path
+        self.split_paths = dict(zip(SPLITS, own_files, strict=True))
+        self.source_columns = (text_column, label_column)
+        self.header = header
+        self.class_names_option = list(class_names) if class_names is not None else None
+        self.balance = balance
+        self.fractions = list(fractions)
+        self.seed = seed
+
+    def prepare_data(self) -> None:
+        from gpt_classifier.tabular import (
+            balance_classes,
+            check_classes_in_train,
+            class_order,
+            read_table,
+            stratified_split,
+        )
+
+        text_column, label_column = self.source_columns
+        if self.path is not None:
+            df = read_table(self.path, text_column, label_column, self.header)
+            names = class_order(df["Label"].tolist(), self.class_names_option, str(self.path))
+            if self.balance:
+                df = balance_classes(df, self.seed)
+            frames = dict(
+                zip(SPLITS, stratified_split(df, self.fractions, self.seed, str(self.path)), strict=True)
+            )
+        else:
+            frames = {
+                s: read_table(p, text_column, label_column, self.header) for s, p in self.split_paths.items()
+            }
+            labels = [label for df in frames.values() for label in df["Label"]]
+            names = class_order(labels, self.class_names_option, str(self.split_paths["train"]))
+            check_classes_in_train(frames, str(self.split_paths["train"]))
+            if self.balance:
+                frames["train"] = balance_classes(frames["train"], self.seed)
+        index = {name: i for i, name in enumerate(names)}
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for split, df in frames.items():
+            out = pd.DataFrame({"Label": df["Label"].map(index), "Text": df["Text"]})
+            write_csv_atomic(out, self.data_dir / f"{split}.csv")
+        classes = self.data_dir / "classes.json"
+        classes.write_text(json.dumps([str(name) for name in names]))
+        counts = ", ".join(f"{split} {len(df)}" for split, df in frames.items())
+        log.info(
+            "%d classes (%s); rows: %s; written to %s",
+            len(names),
+            ", ".join(map(str, names)),
+            counts,
+            self.data_dir,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        classes = self.data_dir / "classes.json"
+        if not classes.is_file():
+            raise GPTClassifierError(f"{classes} not found: call prepare_data() first")
+        self.class_names = json.loads(classes.read_text())
+        super().setup(stage)

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from gpt_classifier.cache import CachedSplit, build_cache, cache_problem
 from gpt_classifier.errors import GPTClassifierError
@@ -111,6 +112,13 @@ class GPTClassifier(L.LightningModule):
                 for name in ("fit_train", "fit_val", "final_train", "final_val", "final_test")
             }
         )
+        self.confusion = MulticlassConfusionMatrix(len(class_names))  # of the final test split
+        # Evaluation losses, weighted by batch size and summed over processes (DDP) by torchmetrics:
+        # Lightning's own sync_dist mean is off when processes see different numbers of examples
+        # (149 validation examples over 2 processes; Lightning issue #21859).
+        self.mean_loss = nn.ModuleDict(
+            {name: MeanMetric() for name in ("fit_val", "final_train", "final_val", "final_test")}
+        )
         self.start_block = first_trainable_block(self.model)
         self.use_cache = self._cache_decision(finetune["cache_frozen"])
         self.cache: dict[str, CachedSplit] = {}
@@ -138,6 +146,8 @@ class GPTClassifier(L.LightningModule):
         return problem is None
 
     def _cached_split(self, split: str) -> CachedSplit:
+        """The split's cache, built at its first batch. Under DDP each process caches the whole split:
+        the training shard of a process changes every epoch, and the cache is keyed by example."""
         if split not in self.cache:
             datamodule = self.datamodule or self.trainer.datamodule
             data, clf = self.hparams["data"], self.hparams["classifier"]
@@ -201,9 +211,11 @@ class GPTClassifier(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, logits = self._loss(batch, "train")
         size = len(batch["labels"])
-        self.examples_seen += size
+        self.examples_seen += size * self.trainer.world_size  # every process takes a full batch a step
         self.accuracy["fit_train"](logits, batch["labels"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True
+        )
         self.log(
             "train/acc",
             self.accuracy["fit_train"],
@@ -214,21 +226,31 @@ class GPTClassifier(L.LightningModule):
         )
         self.log("examples_seen", float(self.examples_seen), on_step=True, on_epoch=False)
         correct = (logits.argmax(-1) == batch["labels"]).sum()
-        self._epoch_sums += torch.stack([loss.detach() * size, correct, torch.tensor(size)]).double().cpu()
-        self._log_by_examples({"train_loss": loss.item()})
+        counts = torch.stack([loss.detach() * size, correct, torch.tensor(size, device=loss.device)])
+        self._epoch_sums += counts.double().cpu()
+        step_loss = loss.detach()
+        if self.trainer.world_size > 1:  # the mean over the processes' batches of this step
+            step_loss = self.trainer.strategy.reduce(step_loss.clone(), reduce_op="mean")
+        self._log_by_examples({"train_loss": step_loss.item()})
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         loss, logits = self._loss(batch, "validation")
         size = len(batch["labels"])
         self.accuracy["fit_val"](logits, batch["labels"])
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=size)
+        self.mean_loss["fit_val"].update(loss.detach(), size)
+        self.log("val/loss", self.mean_loss["fit_val"], on_epoch=True, prog_bar=True, batch_size=size)
         self.log("val/acc", self.accuracy["fit_val"], on_epoch=True, prog_bar=True, batch_size=size)
 
     def on_validation_epoch_end(self) -> None:
         """One history row per validation after training steps: the data behind the plots."""
-        loss_sum, correct, seen = self._epoch_sums.tolist()
-        if self.trainer.sanity_checking or seen == 0:
+        if self.trainer.sanity_checking:
+            return
+        sums = self._epoch_sums
+        if self.trainer.world_size > 1:  # each process counted its own batches: add them up
+            sums = self.trainer.strategy.reduce(sums.to(self.device), reduce_op="sum").cpu()
+        loss_sum, correct, seen = sums.tolist()
+        if seen == 0:
             return
         metrics = self.trainer.callback_metrics
         row = {
@@ -257,7 +279,11 @@ class GPTClassifier(L.LightningModule):
         name = SHORT[split]
         metric = self.accuracy[f"final_{name}"]
         metric(logits, batch["labels"])
-        self.log(f"final/{name}_loss", loss, on_epoch=True, batch_size=size, add_dataloader_idx=False)
+        if split == "test":
+            self.confusion.update(logits, batch["labels"])
+        mean_loss = self.mean_loss[f"final_{name}"]
+        mean_loss.update(loss.detach(), size)
+        self.log(f"final/{name}_loss", mean_loss, on_epoch=True, batch_size=size, add_dataloader_idx=False)
         self.log(f"final/{name}_acc", metric, on_epoch=True, batch_size=size, add_dataloader_idx=False)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -279,6 +305,23 @@ class GPTClassifier(L.LightningModule):
             optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def per_class_report(confusion: Tensor, class_names: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per class from a confusion matrix (rows: true class)."""
+    confusion = confusion.double()
+    hits, predicted, actual = confusion.diag(), confusion.sum(0), confusion.sum(1)
+    precision = torch.where(predicted > 0, hits / predicted.clamp(min=1), 0.0)
+    recall = torch.where(actual > 0, hits / actual.clamp(min=1), 0.0)
+    f1 = torch.where(
+        precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0
+    )
+    return {
+        name: {"precision": p, "recall": r, "f1": f, "support": int(n)}
+        for name, p, r, f, n in zip(
+            class_names, precision.tolist(), recall.tolist(), f1.tolist(), actual.tolist(), strict=True
+        )
+    }
 
 
 def warmup_cosine(

@@ -1,14 +1,16 @@
-"""Loss and accuracy curves drawn like the book's figures: per epoch, with examples seen on top."""
+"""Figures: loss and accuracy curves like the book's (per epoch, examples seen on top), confusion matrix."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 def plot_history(history: list[dict], out_dir: Path) -> list[Path]:
@@ -29,16 +31,35 @@ def plot_history(history: list[dict], out_dir: Path) -> list[Path]:
             label=f"Validation {key}",
         )
         ax.set_xlabel("Epochs")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.legend()
         top = ax.twiny()  # a second x-axis in examples seen, aligned with the epochs
         top.plot(seen, [row[f"train_{key}"] for row in history], alpha=0)
         top.set_xlabel("Examples seen")
         fig.tight_layout()
-        path = out_dir / name
-        tmp = out_dir / f".{name}.part.png"
-        fig.savefig(tmp)
+        written.append(save_atomic(fig, out_dir / name))
         plt.close(fig)
-        os.replace(tmp, path)
-        written.append(path)
     return written
+
+
+def save_atomic(fig: Any, path: Path) -> Path:
+    """Save a figure under a temporary name first, so a crash never leaves half an image."""
+    tmp = path.with_name(f".{path.stem}.part{path.suffix}")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_confusion(confusion: Any, class_names: list[str], out_dir: Path) -> tuple[Path, Any]:
+    """Write `confusion_matrix.png` from a torchmetrics confusion matrix.
+
+    Returns the file and the open figure (for TensorBoard); release it with `close`.
+    """
+    fig, ax = confusion.plot(labels=class_names)
+    ax.set_title("Test split (best checkpoint)")
+    return save_atomic(fig, out_dir / "confusion_matrix.png"), fig
+
+
+def close(fig: Any) -> None:
+    plt.close(fig)

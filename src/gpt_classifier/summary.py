@@ -69,11 +69,28 @@ def summarize(sweep_dir: Path) -> pd.DataFrame:
     table = table.sort_values(["_ok", "val_acc", "test_acc"], ascending=False, na_position="last")
     table = table.drop(columns="_ok").reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
+    table.insert(1, "best", ["best" if i == 0 and ok else "" for i, ok in enumerate(table["status"] == "ok")])
     table.to_csv(sweep_dir / "summary.csv", index=False)
     header = f"Sweep {sweep_dir}; every run: {' '.join(sorted(common)) or '(no shared overrides)'}\n\n"
+    header += best_line(table, sweep_dir)
     body = display(table).to_markdown(index=False)
     (sweep_dir / "summary.md").write_text(header + body + "\n")
     return table
+
+
+def best_line(table: pd.DataFrame, sweep_dir: Path) -> str:
+    """The best run by validation accuracy, and Optuna's own verdict when an Optuna search wrote one."""
+    if table.empty or table.loc[0, "status"] != "ok":
+        return ""
+    best = table.iloc[0]
+    overrides = best["overrides"] or "no overrides"
+    line = f"Best: run {best['run']} ({overrides}), val_acc {100 * best['val_acc']:.2f}%"
+    optuna_file = sweep_dir / "optimization_results.yaml"
+    results = yaml.safe_load(optuna_file.read_text()) if optuna_file.is_file() else None
+    if isinstance(results, dict) and "best_value" in results:
+        params = " ".join(f"{k}={v}" for k, v in (results.get("best_params") or {}).items())
+        line += f"; Optuna's best trial: {params}, value {results['best_value']}"
+    return line + "\n\n"
 
 
 def display(table: pd.DataFrame) -> pd.DataFrame:

@@ -17,12 +17,15 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from gpt_classifier.checkpoints import AtomicCheckpointIO, check_resume
 from gpt_classifier.data import SPLITS, TextClassificationDataModule
+from gpt_classifier.distributed import sweep_job
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.module import SHORT, GPTClassifier, load_classifier
-from gpt_classifier.plots import plot_history
+from gpt_classifier.module import SHORT, GPTClassifier, load_classifier, per_class_report
+from gpt_classifier.plots import close, plot_confusion, plot_history
 from gpt_classifier.summary import FAILED_FILE
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,8 @@ def write_json_atomic(data: dict, path: Path) -> None:
 def make_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    plugins = [AtomicCheckpointIO()]  # a run killed mid-write never leaves a truncated .ckpt
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 
 def make_module(cfg: DictConfig, datamodule: TextClassificationDataModule) -> GPTClassifier:
@@ -83,6 +87,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule.prepare_data()
         datamodule.setup()
         module = make_module(cfg, datamodule)
+        if cfg.ckpt_path:  # one clear line now, not a size mismatch deep inside load_state_dict
+            check_resume(cfg.ckpt_path, dict(module.hparams))
     else:  # evaluate a checkpoint: its own model and data settings, not the command line's
         module = load_classifier(cfg.ckpt_path)
         data = module.hparams["data"]
@@ -110,13 +116,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
         results = {k.removeprefix("final/"): float(v) for k, v in trainer.callback_metrics.items()}
         metrics = {key: results[key] for key in METRIC_KEYS}
     module.release_cache()
+    if cfg.test:  # gathered from every process (DDP): all take part, rank zero writes it below
+        module.confusion.compute()
     if not trainer.is_global_zero:
         return metrics
     metrics.update(examples_seen=examples_seen, train_seconds=round(train_seconds, 2))
     write_json_atomic(metrics, out_dir / "metrics.json")
     plots = plot_history(history, out_dir)
+    if cfg.test:
+        plots.append(write_class_report(module, trainer, out_dir))
     report(metrics, out_dir, best or cfg.ckpt_path, plots)
     return metrics
+
+
+def write_class_report(module: GPTClassifier, trainer: L.Trainer, out_dir: Path) -> Path:
+    """Per-class precision/recall/F1 (`classification_report.json`) and the confusion matrix image."""
+    report = per_class_report(module.confusion.compute().cpu(), module.class_names)
+    write_json_atomic(report, out_dir / "classification_report.json")
+    path, figure = plot_confusion(module.confusion, module.class_names, out_dir)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure("test/confusion_matrix", figure, trainer.global_step, close=False)
+    close(figure)
+    return path
 
 
 def report(metrics: dict[str, float], out_dir: Path, checkpoint: str | None, plots: list[Path]) -> None:
@@ -142,7 +164,8 @@ def run_task(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run a task with one-line errors; in a sweep, record a failed run and let the others go on."""
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        return task(cfg)
+        with sweep_job():  # DDP's extra processes re-run this job alone
+            return task(cfg)
     except GPTClassifierError as err:
         if multirun:
             log.error("run failed: %s", err)
