@@ -2,24 +2,12 @@
 
 import pytest
 import torch
+from helpers import TINY_MODEL
 from torch import nn
 
 from gpt_classifier.finetune import LoRALinear, apply_policy, count_parameters, merge_lora
 from gpt_classifier.model import GPTConfig, GPTModel, read_positions
 from gpt_classifier.module import GPTClassifier
-
-TINY = {
-    "name": "gpt2-tiny",
-    "weights": "random",
-    "vocab_size": 50257,
-    "context_length": 64,
-    "emb_dim": 32,
-    "n_heads": 2,
-    "n_layers": 2,
-    "drop_rate": 0.0,
-    "qkv_bias": True,
-    "causal": True,
-}
 
 
 def tiny_lora_model(rank=4, alpha=8.0):
@@ -73,14 +61,18 @@ def test_merged_weights_predict_the_same():
 
 
 def test_state_dict_roundtrip_then_merge():
-    module = GPTClassifier(TINY, ["a", "b"], finetune={"policy": "lora", "lora_rank": 2, "lora_alpha": 4})
+    module = GPTClassifier(
+        TINY_MODEL, ["a", "b"], finetune={"policy": "lora", "lora_rank": 2, "lora_alpha": 4}
+    )
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, LoRALinear):
                 m.B.normal_()
     ids, lengths = torch.randint(0, 50257, (3, 8)), torch.tensor([8, 4, 2])
     expected = module(ids, lengths)
-    state = GPTClassifier(TINY, ["a", "b"], finetune={"policy": "lora", "lora_rank": 2, "lora_alpha": 4})
+    state = GPTClassifier(
+        TINY_MODEL, ["a", "b"], finetune={"policy": "lora", "lora_rank": 2, "lora_alpha": 4}
+    )
     state.load_state_dict(module.state_dict())
     merge_lora(state.model)
     assert (state(ids, lengths) - expected).abs().max() < 1e-5

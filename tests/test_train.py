@@ -35,6 +35,7 @@ BAD_OVERRIDES = {
     # name: (overrides, what the one error line says)
     "unknown_group_option": (["finetune=nope"], "Could not find 'finetune/nope'"),
     "unknown_policy": (["finetune.policy=nope"], "finetune.policy='nope' is unknown"),
+    "unknown_preset": (["experiment=nope"], "Could not find 'experiment/nope'"),
     "zero_lr": (["optimizer.lr=0"], "optimizer.lr=0 must be positive"),
     "missing_checkpoint": (["ckpt_path=/missing.ckpt"], "ckpt_path=/missing.ckpt not found"),
     "missing_weights": (["model.weights=/missing/dir"], "weights '/missing/dir' is neither a folder"),
