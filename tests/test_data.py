@@ -19,7 +19,6 @@ from gpt_classifier.data import (
     SMS_SHA256,
     SMS_ZIP,
     SPLITS,
-    LengthGroupedBatchSampler,
     SpamDataModule,
     TextClassificationDataModule,
     download,
@@ -27,6 +26,7 @@ from gpt_classifier.data import (
     sha256_of,
 )
 from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.samplers import LengthGroupedBatchSampler
 from gpt_classifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
 
 BUNDLED_ZIP = Path(str(files("gpt_classifier") / "assets" / SMS_ZIP))

@@ -16,8 +16,8 @@ import torch
 import yaml
 from helpers import TINY_OVERRIDES, TRAIN_PY, run_many
 
-from gpt_classifier.data import EpochShuffleSampler, LengthGroupedBatchSampler, SequentialShardSampler
 from gpt_classifier.module import read_checkpoint
+from gpt_classifier.samplers import EpochShuffleSampler, LengthGroupedBatchSampler, SequentialShardSampler
 from gpt_classifier.train import METRIC_KEYS
 
 # 2 epochs from random weights, 2 processes x 8 examples a step. The book's policy (last block
