@@ -99,10 +99,10 @@ def build_cache(
         count = max(1, batch_rows // width)
         chunk = order[start : start + count]
         start += count
-        ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
+        batch_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
         for row, i in enumerate(chunk):
-            ids[row, : keep[i]] = torch.tensor(views[i])
-        hidden = model.trf_blocks[:start_block](model.embed(ids.to(device)))
+            batch_ids[row, : keep[i]] = torch.tensor(views[i])
+        hidden = model.trf_blocks[:start_block](model.embed(batch_ids.to(device)))
         for row, i in enumerate(chunk):
             h = hidden[row, reads[i] : reads[i] + 1] if only_read else hidden[row, : keep[i]]
             states[i] = h.clone()
