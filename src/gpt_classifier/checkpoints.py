@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,45 +25,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.files import replace_atomically, temporary_path
 from gpt_classifier.module import read_checkpoint
 
 ARCHITECTURE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias")
-
-
-def _temporary_path(path: Path) -> Path:
-    """A hidden sibling of `path`: same folder, so the final rename never crosses filesystems."""
-    return path.with_name(f".{path.name}.{os.getpid()}.part")
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename durable where the OS allows it; without it a power cut may undo the rename."""
-    with contextlib.suppress(OSError):  # not on Windows, nor on some network filesystems
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def replace_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
-    """Call `write(file)` on a temporary file beside `path`, then rename it onto `path`.
-
-    Until the rename, `path` keeps its old content; on any error the temporary file is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    _fsync_folder(path.parent)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -92,7 +56,7 @@ def _copy_into(source: str, target: BinaryIO) -> None:
 def link_or_copy(source: str, target: str) -> None:
     """Hard-link `source` to `target` (no copy: checkpoints are replaced, never changed in place), or
     copy it where links are impossible (another filesystem); atomically either way."""
-    tmp = _temporary_path(Path(target))
+    tmp = temporary_path(Path(target))
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, tmp)

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.files import replace_atomically
 from gpt_classifier.samplers import EpochShuffleSampler, LengthGroupedBatchSampler, SequentialShardSampler
 from gpt_classifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
 
@@ -120,9 +121,7 @@ def balance_and_split(df: pd.DataFrame, seed: int = 123) -> dict[str, pd.DataFra
 
 
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    df.to_csv(tmp, index=None)
-    os.replace(tmp, path)
+    replace_atomically(path, lambda f: f.write(df.to_csv(index=None).encode()))
 
 
 class EncodedDataset(Dataset):

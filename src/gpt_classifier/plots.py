@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
+
+from gpt_classifier.files import replace_atomically
 
 
 def plot_history(history: list[dict], out_dir: Path) -> list[Path]:
@@ -45,9 +46,7 @@ def plot_history(history: list[dict], out_dir: Path) -> list[Path]:
 
 def save_atomic(fig: Any, path: Path) -> Path:
     """Save a figure under a temporary name first, so a crash never leaves half an image."""
-    tmp = path.with_name(f".{path.stem}.part{path.suffix}")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    replace_atomically(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".")))
     return path
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 import traceback
@@ -24,6 +23,7 @@ from gpt_classifier.checkpoints import AtomicCheckpointIO, check_resume
 from gpt_classifier.data import SPLITS, TextClassificationDataModule
 from gpt_classifier.distributed import sweep_job
 from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.files import replace_atomically
 from gpt_classifier.module import SHORT, GPTClassifier, load_classifier, per_class_report
 from gpt_classifier.plots import close, plot_confusion, plot_history
 from gpt_classifier.summary import FAILED_FILE
@@ -47,10 +47,7 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def write_json_atomic(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    replace_atomically(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
 def make_trainer(cfg: DictConfig) -> L.Trainer:
