@@ -11,6 +11,7 @@ have computed itself.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -18,9 +19,23 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from gpt_classifier.data import EncodedDataset
-from gpt_classifier.model import GPTModel, Pooling, Position
+from gpt_classifier.model import GPTModel, Packing, Pooling, Position, run_blocks
 
 log = logging.getLogger(__name__)
+
+
+def _chunks(order: list[int], sizes: list[int], budget: int) -> Iterator[list[int]]:
+    """Consecutive runs of `order` whose `sizes` add up to at most `budget` (or one item, if larger)."""
+    chunk: list[int] = []
+    total = 0
+    for i in order:
+        if chunk and total + sizes[i] > budget:
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(i)
+        total += sizes[i]
+    if chunk:
+        yield chunk
 
 
 def cache_problem(
@@ -68,12 +83,12 @@ def build_cache(
     position: Position,
     pooling: Pooling,
     pad_token_id: int,
-    batch_rows: int = 4096,
+    batch_rows: int = 1024,
 ) -> CachedSplit:
     """Hidden states entering `start_block` for every example of `dataset`.
 
-    `pad_to` is the padded length the uncached path would see (None: unpadded). Examples are run
-    in batches of about `batch_rows` tokens, sorted by length so that little padding is computed.
+    `pad_to` is the padded length the uncached path would see (None: unpadded). Examples are sorted
+    by length and run packed (`Packing`: no work on padding), about `batch_rows` tokens at a time.
     """
     device = next(model.parameters()).device
     n_layers = len(model.trf_blocks)
@@ -93,19 +108,17 @@ def build_cache(
     only_read = start_block == n_layers and pooling == "token"  # no attention above: one position
     states: list[Tensor | None] = [None] * len(views)
     order = sorted(range(len(views)), key=keep.__getitem__, reverse=True)
-    start = 0
-    while start < len(order):
-        width = keep[order[start]]
-        count = max(1, batch_rows // width)
-        chunk = order[start : start + count]
-        start += count
+    for chunk in _chunks(order, keep, batch_rows):
+        width = keep[chunk[0]]
         batch_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
         for row, i in enumerate(chunk):
             batch_ids[row, : keep[i]] = torch.tensor(views[i])
-        hidden = model.trf_blocks[:start_block](model.embed(batch_ids.to(device)))
-        for row, i in enumerate(chunk):
-            h = hidden[row, reads[i] : reads[i] + 1] if only_read else hidden[row, : keep[i]]
-            states[i] = h.clone()
+        sizes = [keep[i] for i in chunk]
+        packing = Packing(torch.tensor(sizes, device=device), width)
+        rows = packing.pack(model.embed(batch_ids.to(device)))
+        rows = run_blocks(model.trf_blocks[:start_block], rows, packing)
+        for i, h in zip(chunk, rows.split(sizes), strict=True):  # views of the chunk: no copy
+            states[i] = h[reads[i] : reads[i] + 1].clone() if only_read else h
     read_pos = torch.zeros(len(views), dtype=torch.long) if only_read else torch.tensor(reads)
     lengths = torch.tensor([len(ids) for ids in dataset.token_ids])
     return CachedSplit(states, read_pos, lengths)  # type: ignore[arg-type]

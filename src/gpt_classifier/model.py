@@ -1,11 +1,13 @@
 """GPT-2 in plain PyTorch, with the names used in chapters 4-6 of the book.
 
 `GPTModel.forward` is the language model of the book. `GPTModel.classify` is the classifier's path:
-it reads one position per example (or averages the real tokens), and in the last transformer block
-computes the query, attention output, MLP, `final_norm` and `out_head` only at that position; keys
-and values still cover every position. The result equals slicing `forward`'s output, at a fraction
-of the last block's cost. `classify` can also start from hidden states at any block boundary, which
-is how training reuses a cached frozen trunk.
+it reads one position per example (or averages the real tokens) and computes only what that reading
+depends on. Under the causal mask nothing after the read position matters, so every block runs on
+the packed prefixes of the examples (`Packing`: no work on padding); and in the last block the query,
+attention output, MLP, `final_norm` and `out_head` are computed only at the read position, while
+keys and values cover the prefix. The result equals slicing `forward`'s output, at a fraction of
+the cost. `classify` can also start from hidden states at any block boundary, which is how training
+reuses a cached frozen trunk.
 """
 
 from __future__ import annotations
@@ -39,6 +41,42 @@ class GPTConfig:
         return asdict(self)
 
 
+class Packing:
+    """The positions of a padded batch `[B, T, ...]` that are computed: the first `lengths[b]` of each.
+
+    Position-wise layers (LayerNorm, Linear, the MLP) run on the packed rows `[N, ...]` alone; only
+    attention, which mixes positions, unpacks its queries, keys and values into the padded layout,
+    with zeros past each prefix. Under the causal mask a position never sees those zeros.
+    """
+
+    def __init__(self, lengths: Tensor, width: int) -> None:
+        self.lengths, self.width = lengths, width
+        mask = torch.arange(width, device=lengths.device) < lengths[:, None]
+        self.full = bool(mask.all())
+        self.index = mask.flatten().nonzero().squeeze(1)
+        self.starts = lengths.cumsum(0) - lengths
+
+    def pack(self, x: Tensor) -> Tensor:
+        """`[B, T, ...]` to the computed rows `[N, ...]`."""
+        rows = x.flatten(0, 1)
+        return rows if self.full else rows.index_select(0, self.index)
+
+    def unpack(self, rows: Tensor) -> Tensor:
+        """`[N, ...]` to `[B, T, ...]`, zeros past each prefix."""
+        if not self.full:
+            padded = rows.new_zeros(len(self.lengths) * self.width, *rows.shape[1:])
+            rows = padded.index_copy(0, self.index, rows)
+        return rows.unflatten(0, (len(self.lengths), self.width))
+
+    def take(self, rows: Tensor, positions: Tensor) -> Tensor:
+        """Row `positions[b]` of each example, as a length-1 sequence: `[B, 1, ...]`."""
+        return rows[self.starts + positions].unsqueeze(1)
+
+    def mean(self, rows: Tensor, counts: Tensor) -> Tensor:
+        """The mean of the first `counts[b]` rows `[N, C]` of each example: `[B, C]`."""
+        return masked_mean(self.unpack(rows), counts)
+
+
 class MultiHeadAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -57,24 +95,31 @@ class MultiHeadAttention(nn.Module):
         batch, tokens, _ = x.shape
         return x.view(batch, tokens, self.n_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: Tensor, query_pos: Tensor | None = None) -> Tensor:
-        """Attend from every position, or only from `query_pos` (one index per example)."""
-        batch, tokens, emb_dim = x.shape
-        keys, values = self._heads(self.W_key(x)), self._heads(self.W_value(x))
+    def forward(self, x: Tensor, query_pos: Tensor | None = None, packing: Packing | None = None) -> Tensor:
+        """Attend from every position, or only from `query_pos` (one index per example), `[B, 1, D]`.
+
+        With `packing`, `x` holds the packed rows `[N, D]` of a padded batch, and so does the result.
+        """
+        padded = packing.unpack if packing else _same
+        keys, values = self._heads(padded(self.W_key(x))), self._heads(padded(self.W_value(x)))
+        batch, _, tokens, _ = keys.shape
         dropout = self.dropout if self.training else 0.0
         if query_pos is None:
-            queries = self._heads(self.W_query(x))
+            queries = self._heads(padded(self.W_query(x)))
             context = F.scaled_dot_product_attention(
                 queries, keys, values, is_causal=self.causal, dropout_p=dropout
             )
         else:
-            queries = self._heads(self.W_query(gather_positions(x, query_pos)))
+            at = packing.take(x, query_pos) if packing else gather_positions(x, query_pos)
+            queries = self._heads(self.W_query(at))
             mask = None
             if self.causal:  # the query at position p sees keys 0..p
                 mask = torch.arange(tokens, device=x.device) <= query_pos[:, None]
                 mask = mask[:, None, None, :]
             context = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, dropout_p=dropout)
-        context = context.transpose(1, 2).reshape(batch, -1, emb_dim)
+        context = context.transpose(1, 2).reshape(batch, -1, x.shape[-1])
+        if packing and query_pos is None:
+            context = packing.pack(context)
         return self.out_proj(context)
 
 
@@ -100,10 +145,13 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: Tensor, query_pos: Tensor | None = None) -> Tensor:
-        """Pre-LayerNorm block; with `query_pos` it returns only those positions, `[B, 1, D]`."""
-        shortcut = x if query_pos is None else gather_positions(x, query_pos)
-        x = shortcut + self.drop_shortcut(self.att(self.norm1(x), query_pos))
+    def forward(self, x: Tensor, query_pos: Tensor | None = None, packing: Packing | None = None) -> Tensor:
+        """Pre-LayerNorm block; with `query_pos` it returns only those positions, `[B, 1, D]`.
+        With `packing`, `x` (and the result without `query_pos`) are packed rows `[N, D]`."""
+        shortcut = x
+        if query_pos is not None:
+            shortcut = packing.take(x, query_pos) if packing else gather_positions(x, query_pos)
+        x = shortcut + self.drop_shortcut(self.att(self.norm1(x), query_pos, packing))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
 
@@ -149,22 +197,53 @@ class GPTModel(nn.Module):
         """Logits `[B, out_dim]` from hidden states `x` entering block `start_block`.
 
         `pooling="token"` reads position `read_pos[b]` of each example. `pooling="mean"` averages the
-        logits over the first `lengths[b]` positions (the real tokens) and needs every position.
-        Pass `x=model.embed(input_ids)` and `start_block=0` to run the whole model. `read_only=False`
-        computes the last block at every position and then reads (the book's way, for comparison).
+        logits over the first `lengths[b]` positions (the real tokens). Pass `x=model.embed(input_ids)`
+        and `start_block=0` to run the whole model. `read_only=False` computes every block at every
+        position and then reads (the book's way, for comparison).
         """
+        if pooling == "mean" and lengths is None:
+            raise ValueError("mean pooling needs the real lengths")
         blocks = self.trf_blocks[start_block:]
+        if not read_only:
+            x = self.final_norm(blocks(x))
+            if pooling == "mean":
+                return masked_mean(self.out_head(x), lengths)
+            return self.out_head(gather_positions(x, read_pos)[:, 0])
+        packing = Packing(self.needed_lengths(x, read_pos, lengths, pooling), x.shape[1])
+        rows = packing.pack(x)
         if pooling == "mean":
-            if lengths is None:
-                raise ValueError("mean pooling needs the real lengths")
-            logits = self.out_head(self.final_norm(blocks(x)))
-            real = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
-            return (logits * real[..., None]).sum(1) / lengths[:, None].to(logits.dtype)
-        if len(blocks) == 0 or not read_only:
-            x = gather_positions(blocks(x), read_pos)
+            return packing.mean(self.out_head(self.final_norm(run_blocks(blocks, rows, packing))), lengths)
+        if len(blocks) == 0:
+            x = packing.take(rows, read_pos)
         else:
-            x = blocks[-1](blocks[:-1](x), query_pos=read_pos)
+            x = blocks[-1](run_blocks(blocks[:-1], rows, packing), query_pos=read_pos, packing=packing)
         return self.out_head(self.final_norm(x[:, 0]))
+
+    def needed_lengths(
+        self, x: Tensor, read_pos: Tensor | None, lengths: Tensor | None, pooling: Pooling
+    ) -> Tensor:
+        """How many leading positions of each example of `x` the classifier's output depends on:
+        with the causal mask, up to the read position (mean pooling: the real tokens); without, all."""
+        if not self.cfg.causal:
+            return torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+        return lengths if pooling == "mean" else read_pos + 1
+
+
+def run_blocks(blocks: nn.Sequential, rows: Tensor, packing: Packing) -> Tensor:
+    """Packed rows through a stack of blocks."""
+    for block in blocks:
+        rows = block(rows, packing=packing)
+    return rows
+
+
+def masked_mean(x: Tensor, counts: Tensor) -> Tensor:
+    """The mean of `x[b, :counts[b]]` for every example of `x` `[B, T, C]`: `[B, C]`."""
+    real = torch.arange(x.shape[1], device=x.device) < counts[:, None]
+    return (x * real[..., None]).sum(1) / counts[:, None].to(x.dtype)
+
+
+def _same(x: Tensor) -> Tensor:
+    return x
 
 
 def gather_positions(x: Tensor, positions: Tensor) -> Tensor:
