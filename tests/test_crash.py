@@ -9,10 +9,13 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
-from helpers import TINY_OVERRIDES, TRAIN_PY, finish_cli, start_cli, train_config
+from helpers import TINY_OVERRIDES, TRAIN_PY, finish_cli, quiet_trainer, start_cli, train_config
+from torch.utils.data import DataLoader, TensorDataset
 
 from gpt_classifier.checkpoints import (
     AtomicCheckpointIO,
@@ -164,6 +167,51 @@ def test_best_checkpoint_is_carried_into_the_resumed_folder(crash, tmp_path):
     assert os.listdir(new_dir) == [copy.name]
     callback.load_state_dict(state)  # again: nothing changes, no temporary file is left
     assert os.listdir(new_dir) == [copy.name] and callback.best_model_path == str(copy)
+
+
+class ScriptedScores(L.LightningModule):
+    """Logs the given val/acc in each epoch; notes at each epoch start what the last one saved."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.scores = scores
+        self.saved: list[tuple[int, bool]] = []
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/acc", self.scores[self.current_epoch])
+
+    def on_train_epoch_start(self):
+        if self.current_epoch:
+            self.saved.append(last_saved(self.trainer.checkpoint_callback))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def last_saved(callback):
+    """The epoch in `last.ckpt`, and whether it is the best checkpoint's file."""
+    last = Path(callback.last_model_path)
+    return torch.load(last, weights_only=True)["epoch"], last.samefile(callback.best_model_path)
+
+
+def test_last_checkpoint_links_the_best_of_the_same_epoch(tmp_path):
+    """`last.ckpt` holds every epoch, even one that is not the best (Lightning 2.6 skips those), and
+    the model is written once per epoch: `last.ckpt` is a hard link when the epoch is the best."""
+    data = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
+    folder = tmp_path / "checkpoints"
+    callback = ResumableModelCheckpoint(dirpath=folder, monitor="val/acc", mode="max", save_last=True)
+    module = ScriptedScores([0.5, 0.7, 0.6, 0.8])
+    trainer = quiet_trainer(
+        max_epochs=4, enable_checkpointing=True, callbacks=[callback], plugins=[AtomicCheckpointIO()]
+    )
+    trainer.fit(module, data, data)
+    assert [*module.saved, last_saved(callback)] == [(0, True), (1, True), (2, False), (3, True)]
+    assert sorted(os.listdir(folder)) == ["epoch=3-step=8.ckpt", "last.ckpt"]
+    assert temporary_files(folder) == []
 
 
 def test_best_checkpoint_is_copied_where_links_are_impossible(tmp_path, monkeypatch):

@@ -3,7 +3,8 @@
 - `AtomicCheckpointIO` writes each checkpoint to a temporary file beside the target and renames it
   into place, so a run killed mid-write never leaves a truncated `.ckpt` (and the previous
   `last.ckpt` stays intact until the new one is complete).
-- `ResumableModelCheckpoint` keeps the best checkpoint across a resume into a new run folder.
+- `ResumableModelCheckpoint` keeps the best checkpoint across a resume into a new run folder, writes
+  `last.ckpt` after every validation, and hard-links it to the best one when both hold the same step.
 - `check_resume` compares a checkpoint's settings with the run about to load it, before Lightning
   fails deep inside `load_state_dict` with a long size-mismatch error.
 """
@@ -69,7 +70,8 @@ def link_or_copy(source: str, target: str) -> None:
 
 
 class ResumableModelCheckpoint(ModelCheckpoint):
-    """A `ModelCheckpoint` that keeps the best checkpoints when a run resumes into a new folder.
+    """A `ModelCheckpoint` that keeps the best checkpoints when a run resumes into a new folder, keeps
+    `last.ckpt` the latest state, and writes the model once per step.
 
     Lightning restores `best_model_score` and `best_k_models` only if the checkpoint folder is the
     same, so "best" after a resume would only consider the resumed epochs. Here the earlier best
@@ -82,6 +84,40 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         self.fitting = stage == "fit"
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def _save_last_if_missed(self, trainer: L.Trainer) -> None:
+        """Since Lightning 2.6, `last.ckpt` is written only along with a best checkpoint, so a run resumed
+        from it after an epoch without improvement would repeat epochs: write it at every save point."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        """`last.ckpt` right after this step's best checkpoint holds the same training state: hard-link
+        that file rather than write the whole model (0.5 GB for GPT-2 small) a second time."""
+        source = self._last_checkpoint_saved
+        same_state = (
+            filepath == self.last_model_path
+            and source not in ("", filepath)
+            and self._last_global_step_saved == trainer.global_step
+            and isinstance(self._fs, LocalFileSystem)
+        )
+        if not same_state:
+            super()._save_checkpoint(trainer, filepath)
+            return
+        if trainer.is_global_zero:
+            link_or_copy(source, filepath)
+        trainer.strategy.barrier("link_last_checkpoint")
+        self._last_checkpoint_saved = filepath
 
     def _generate_state_key(self, **kwargs: Any) -> str:
         """Lightning's own key, so checkpoints of a plain `ModelCheckpoint` resume with ours and back."""
