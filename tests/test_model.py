@@ -193,3 +193,25 @@ def test_errors():
     with pytest.raises(ValueError, match="context length"):
         model(torch.zeros(1, CONTEXT + 1, dtype=torch.long))
     assert model(torch.zeros(1, CONTEXT, dtype=torch.long)).shape == (1, CONTEXT, VOCAB)
+
+
+def test_classify_computes_only_the_read_prefixes():
+    """Under the causal mask nothing after the read position is computed (rows seen by each layer)."""
+    model = tiny_model(out_dim=2)
+    ids, lengths = padded_batch()
+    rows: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if name.endswith(("W_key", "W_query", "ff.layers.0")):
+            module.register_forward_hook(
+                lambda m, args, out, name=name: rows.update({name: args[0].shape[:-1].numel()})
+            )
+    with torch.no_grad():
+        model.classify(model.embed(ids), read_positions(lengths, 12, "flexible"))
+    assert rows["trf_blocks.0.att.W_key"] == rows["trf_blocks.0.ff.layers.0"] == sum(LENGTHS)  # not 4 x 12
+    assert rows[f"trf_blocks.{N_LAYERS - 1}.att.W_key"] == sum(LENGTHS)
+    assert (
+        rows[f"trf_blocks.{N_LAYERS - 1}.att.W_query"] == rows[f"trf_blocks.{N_LAYERS - 1}.ff.layers.0"] == 4
+    )
+    with torch.no_grad():
+        model.classify(model.embed(ids), read_positions(lengths, 12, "first"))
+    assert rows["trf_blocks.0.att.W_key"] == 4
