@@ -36,6 +36,7 @@ def command(split_dir, run_dir, *extra):
         "trainer=cpu",
         f"trainer.max_epochs={EPOCHS}",
         "optimizer.lr=1e-3",
+        "model.drop_rate=0.1",  # dropout: the resumed run must continue the random stream too
         f"data.data_dir={split_dir}",
         "logger=csv",
         f"hydra.run.dir={run_dir}",

@@ -260,7 +260,10 @@ class TextClassificationDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.datasets[split]
         batch_size = self.batch_size if train else self.eval_batch_size
-        common = {"collate_fn": self.collate, "num_workers": self.num_workers}
+        # The loader's own generator: making an epoch's iterator would otherwise draw from torch's global
+        # one, which dropout uses, and a resumed run would then see other dropout masks.
+        generator = torch.Generator().manual_seed(torch.initial_seed())
+        common = {"collate_fn": self.collate, "num_workers": self.num_workers, "generator": generator}
         if self.group_by_length and self.padding != "max_length":
             sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, shuffle=train, drop_last=train)
             return DataLoader(dataset, batch_sampler=sampler, **common)

@@ -54,6 +54,20 @@ def build_backbone(model: dict) -> GPTModel:
     return load_pretrained(model["name"] if weights == "pretrained" else weights, cfg)
 
 
+def rng_states() -> dict[str, Any]:
+    """torch's CPU and CUDA random states: what dropout draws from."""
+    states: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 class GPTClassifier(L.LightningModule):
     """GPT-2 classifier; every argument but the optimizer and scheduler is saved in checkpoints."""
 
@@ -127,6 +141,7 @@ class GPTClassifier(L.LightningModule):
         self.examples_seen = 0
         self.history: list[dict[str, float]] = []
         self._epoch_sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, examples
+        self._resumed_rng_states: dict[str, Any] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -289,10 +304,18 @@ class GPTClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["examples_seen"] = self.examples_seen
         checkpoint["history"] = self.history
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.examples_seen = checkpoint.get("examples_seen", 0)
         self.history = checkpoint.get("history", [])
+        self._resumed_rng_states = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        """A resumed run continues the random stream (dropout) where the checkpoint left it."""
+        if self._resumed_rng_states is not None:
+            set_rng_states(self._resumed_rng_states)
+            self._resumed_rng_states = None
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
