@@ -144,7 +144,7 @@ def prediction_speed(checkpoint: Path, book_checkpoint: Path | None, texts: list
     tokenizer, result = get_tokenizer(), {"messages": len(texts)}
     model = load_classifier(checkpoint)
     started = time.perf_counter()
-    predict_texts(texts, model, tokenizer, "cpu", batch_size=256)
+    predict_texts(texts, model, tokenizer, "cpu")
     result["batched_msgs_per_s"] = len(texts) / (time.perf_counter() - started)
     for name, path in (("one_at_a_time", checkpoint), ("one_at_a_time_book", book_checkpoint)):
         if path is None:
