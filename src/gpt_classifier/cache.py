@@ -106,19 +106,26 @@ def build_cache(
         reads.append(read)
         keep.append(needed)
     only_read = start_block == n_layers and pooling == "token"  # no attention above: one position
-    states: list[Tensor | None] = [None] * len(views)
+    stored = [1 if only_read else n for n in keep]
     order = sorted(range(len(views)), key=keep.__getitem__, reverse=True)
+    # All states in one tensor, in length order: no heap fragmented by thousands of small tensors.
+    storage = model.tok_emb.weight.new_empty(sum(stored), model.cfg.emb_dim)
+    offset = 0
     for chunk in _chunks(order, keep, batch_rows):
         width = keep[chunk[0]]
         batch_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
         for row, i in enumerate(chunk):
             batch_ids[row, : keep[i]] = torch.tensor(views[i])
-        sizes = [keep[i] for i in chunk]
-        packing = Packing(torch.tensor(sizes, device=device), width)
+        packing = Packing(torch.tensor([keep[i] for i in chunk], device=device), width)
         rows = packing.pack(model.embed(batch_ids.to(device)))
         rows = run_blocks(model.trf_blocks[:start_block], rows, packing)
-        for i, h in zip(chunk, rows.split(sizes), strict=True):  # views of the chunk: no copy
-            states[i] = h[reads[i] : reads[i] + 1].clone() if only_read else h
+        if only_read:
+            rows = rows[packing.starts + torch.tensor([reads[i] for i in chunk], device=device)]
+        storage[offset : offset + len(rows)] = rows
+        offset += len(rows)
+    states: list[Tensor] = [storage[:0]] * len(views)
+    for i, state in zip(order, storage.split([stored[i] for i in order]), strict=True):
+        states[i] = state
     read_pos = torch.zeros(len(views), dtype=torch.long) if only_read else torch.tensor(reads)
     lengths = torch.tensor([len(ids) for ids in dataset.token_ids])
-    return CachedSplit(states, read_pos, lengths)  # type: ignore[arg-type]
+    return CachedSplit(states, read_pos, lengths)
