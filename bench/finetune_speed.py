@@ -10,7 +10,7 @@ CPU seconds (user + system, which other load on the machine barely changes), tra
 (real tokens), peak RSS, final accuracies, FLOPs and their floor at this machine's measured fp32
 matmul rate. It then times batched prediction against one-at-a-time.
 
-    python bench/finetune_speed.py                       # everything, ~45 min on 2 cores
+    python bench/finetune_speed.py                       # everything, ~25 min on 2 cores
     python bench/finetune_speed.py --modes b,c --epochs 1 --out bench.json
 """
 
