@@ -120,7 +120,7 @@ def build_cache(
         rows = packing.pack(model.embed(batch_ids.to(device)))
         rows = run_blocks(model.trf_blocks[:start_block], rows, packing)
         if only_read:
-            rows = rows[packing.starts + torch.tensor([reads[i] for i in chunk], device=device)]
+            rows = packing.take(rows, torch.tensor([reads[i] for i in chunk], device=device))[:, 0]
         storage[offset : offset + len(rows)] = rows
         offset += len(rows)
     states: list[Tensor] = [storage[:0]] * len(views)
