@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from gpt_classifier.predict import predict
-from gpt_classifier.train import run_task
+from gpt_classifier.sweeps import run_task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")

@@ -3,7 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from gpt_classifier.train import run_task, train
+from gpt_classifier.sweeps import run_task
+from gpt_classifier.train import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

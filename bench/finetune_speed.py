@@ -32,19 +32,19 @@ MODES = {
         "data.padding=max_length",
         "classifier.position=last",
         "finetune.cache_frozen=false",
-        "finetune.read_positions_only=false",
+        "classifier.read_positions_only=false",
     ],
     "b": [
         "data.padding=max_length",
         "classifier.position=last",
         "finetune.cache_frozen=true",
-        "finetune.read_positions_only=true",
+        "classifier.read_positions_only=true",
     ],
     "c": [
         "data.padding=dynamic",
         "classifier.position=flexible",
         "finetune.cache_frozen=true",
-        "finetune.read_positions_only=true",
+        "classifier.read_positions_only=true",
     ],
 }
 DESCRIPTIONS = {
@@ -137,7 +137,7 @@ def run_mode(mode: str, args: argparse.Namespace, out_dir: Path) -> dict:
 
 def prediction_speed(checkpoint: Path, book_checkpoint: Path | None, texts: list[str]) -> dict:
     """Messages/s: batched `predict_texts` against the chapter's one-at-a-time `classify_review`."""
-    from gpt_classifier.module import load_classifier
+    from gpt_classifier.checkpoints import load_classifier
     from gpt_classifier.predict import classify_review, predict_texts
     from gpt_classifier.tokenizer import get_tokenizer
 
@@ -212,7 +212,7 @@ def main() -> None:
 
     from omegaconf import OmegaConf
 
-    from gpt_classifier.data import SpamDataModule
+    from gpt_classifier.sms import SpamDataModule
 
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml"))
     data = SpamDataModule(data_dir=ROOT / "data" / "sms_spam")

@@ -7,8 +7,8 @@ import logging
 import pandas as pd
 import pytest
 
-from gpt_classifier.data import TabularDataModule
 from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.tabular import TabularDataModule
 
 GOOD = "text,label\n" + "".join(f"message {i} about {c},{c}\n" for i in range(10) for c in ("a", "b", "c"))
 

@@ -15,16 +15,12 @@ import lightning as L
 import pytest
 import torch
 from helpers import TINY_OVERRIDES, TRAIN_PY, finish_cli, quiet_trainer, start_cli, train_config
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from gpt_classifier.checkpoints import (
-    AtomicCheckpointIO,
-    ResumableModelCheckpoint,
-    check_resume,
-    link_or_copy,
-)
+from gpt_classifier.callbacks import AtomicCheckpointIO, BestCheckpoint, link_or_copy
+from gpt_classifier.checkpoints import check_resume, read_checkpoint
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.module import read_checkpoint
 from gpt_classifier.train import METRIC_KEYS, make_trainer, train
 
 EPOCHS = 3
@@ -145,19 +141,25 @@ def test_trainer_writes_checkpoints_atomically(tmp_path):
     with train_config([*TINY_OVERRIDES, "logger=none"], tmp_path) as cfg:
         trainer = make_trainer(cfg)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
-    assert isinstance(trainer.checkpoint_callback, ResumableModelCheckpoint)
+    assert isinstance(trainer.checkpoint_callback, BestCheckpoint)
+    # and a plain ModelCheckpoint writes last.ckpt after every epoch
+    (last,) = [c for c in trainer.checkpoint_callbacks if c is not trainer.checkpoint_callback]
+    assert type(last) is ModelCheckpoint and last.filename == "last" and last.monitor is None
+    assert last.dirpath == trainer.checkpoint_callback.dirpath
 
 
 def test_best_checkpoint_is_carried_into_the_resumed_folder(crash, tmp_path):
     """Lightning forgets the best score when the checkpoint folder changes; ours links the best file."""
     root, _ = crash
     checkpoint = read_checkpoint(root / "a" / "checkpoints" / "last.ckpt")
-    (key,) = checkpoint["callbacks"]
-    assert key.startswith("ModelCheckpoint{")  # Lightning's key: checkpoints resume with either class
+    # two checkpoint callbacks, each with its own state: the best by val/acc, and last.ckpt
+    assert len(checkpoint["callbacks"]) == 2
+    (key,) = [k for k, s in checkpoint["callbacks"].items() if s["monitor"] == "val/acc"]
+    assert key == BestCheckpoint(dirpath=root / "a" / "checkpoints", monitor="val/acc", mode="max").state_key
     state = checkpoint["callbacks"][key]
     (old_best,) = state["best_k_models"]
     new_dir = tmp_path / "run" / "checkpoints"  # not made yet, as in a fresh run
-    callback = ResumableModelCheckpoint(dirpath=new_dir, monitor="val/acc", mode="max", save_last=True)
+    callback = BestCheckpoint(dirpath=new_dir, monitor="val/acc", mode="max")
     callback.load_state_dict(state)
     copy = new_dir / os.path.basename(old_best)
     assert callback.best_model_path == str(copy)
@@ -187,16 +189,18 @@ class ScriptedScores(L.LightningModule):
 
     def on_train_epoch_start(self):
         if self.current_epoch:
-            self.saved.append(last_saved(self.trainer.checkpoint_callback))
+            self.saved.append(last_saved(self.trainer))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def last_saved(callback):
+def last_saved(trainer):
     """The epoch in `last.ckpt`, and whether it is the best checkpoint's file."""
-    last = Path(callback.last_model_path)
-    return torch.load(last, weights_only=True)["epoch"], last.samefile(callback.best_model_path)
+    best, last_callback = trainer.checkpoint_callbacks
+    last = Path(last_callback.best_model_path)  # its only file: monitor None, save_top_k 1
+    assert last.name == "last.ckpt"
+    return torch.load(last, weights_only=True)["epoch"], last.samefile(best.best_model_path)
 
 
 def test_last_checkpoint_links_the_best_of_the_same_epoch(tmp_path):
@@ -204,13 +208,17 @@ def test_last_checkpoint_links_the_best_of_the_same_epoch(tmp_path):
     the model is written once per epoch: `last.ckpt` is a hard link when the epoch is the best."""
     data = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
     folder = tmp_path / "checkpoints"
-    callback = ResumableModelCheckpoint(dirpath=folder, monitor="val/acc", mode="max", save_last=True)
+    callbacks = [
+        BestCheckpoint(dirpath=folder, monitor="val/acc", mode="max"),
+        ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False),
+    ]
     module = ScriptedScores([0.5, 0.7, 0.6, 0.8])
     trainer = quiet_trainer(
-        max_epochs=4, enable_checkpointing=True, callbacks=[callback], plugins=[AtomicCheckpointIO()]
+        max_epochs=4, enable_checkpointing=True, callbacks=callbacks, plugins=[AtomicCheckpointIO()]
     )
     trainer.fit(module, data, data)
-    assert [*module.saved, last_saved(callback)] == [(0, True), (1, True), (2, False), (3, True)]
+    assert trainer.checkpoint_callback is callbacks[0]
+    assert [*module.saved, last_saved(trainer)] == [(0, True), (1, True), (2, False), (3, True)]
     assert sorted(os.listdir(folder)) == ["epoch=3-step=8.ckpt", "last.ckpt"]
     assert temporary_files(folder) == []
 

@@ -15,18 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-from gpt_classifier.data import (
-    SMS_SHA256,
-    SMS_ZIP,
-    SPLITS,
-    SpamDataModule,
-    TextClassificationDataModule,
-    download,
-    read_sms_collection,
-    sha256_of,
-)
+from gpt_classifier.data import SPLITS, LengthGroupedBatchSampler, TextClassificationDataModule
+from gpt_classifier.download import download, sha256_of
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.samplers import LengthGroupedBatchSampler
+from gpt_classifier.sms import SMS_SHA256, SMS_ZIP, SpamDataModule, read_sms_collection
 from gpt_classifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
 
 BUNDLED_ZIP = Path(str(files("gpt_classifier") / "assets" / SMS_ZIP))
@@ -118,7 +110,7 @@ def split_copy(sms_split_dir, tmp_path):
 
 def test_prepare_data_reuses_a_current_split(split_copy, tmp_path, closed_port_url, caplog):
     before = mtimes(split_copy)
-    caplog.set_level(logging.INFO, logger="gpt_classifier.data")
+    caplog.set_level(logging.INFO, logger="gpt_classifier.sms")
     SpamDataModule(data_dir=split_copy, urls=[closed_port_url], cache_dir=tmp_path / "cache").prepare_data()
     assert mtimes(split_copy) == before
     assert caplog.records == []  # neither a download attempt nor the fallback
@@ -198,7 +190,7 @@ def test_download_http_error_leaves_nothing(http_server, tmp_path):
 def test_spam_module_downloads_into_cache(http_server, tmp_path, sms_split_dir, closed_port_url, caplog):
     shutil.copy(BUNDLED_ZIP, http_server.root / "sms.zip")
     cache = tmp_path / "cache"
-    caplog.set_level(logging.WARNING, logger="gpt_classifier.data")
+    caplog.set_level(logging.WARNING, logger="gpt_classifier.sms")
     # a dead mirror first: the next URL is tried
     urls = [closed_port_url, f"{http_server.url}/sms.zip"]
     SpamDataModule(data_dir=tmp_path / "a", urls=urls, cache_dir=cache).prepare_data()
@@ -215,7 +207,7 @@ def test_spam_module_downloads_into_cache(http_server, tmp_path, sms_split_dir, 
 
 
 def test_spam_module_falls_back_to_bundled_zip(tmp_path, sms_split_dir, closed_port_url, caplog):
-    caplog.set_level(logging.WARNING, logger="gpt_classifier.data")
+    caplog.set_level(logging.WARNING, logger="gpt_classifier.sms")
     split_dir, cache = tmp_path / "split", tmp_path / "cache"
     SpamDataModule(data_dir=split_dir, urls=[closed_port_url], cache_dir=cache).prepare_data()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -250,12 +242,13 @@ def test_longest_padding_matches_the_book(sms_split_dir):
 
 def test_eval_loaders_keep_every_example(sms_split_dir):
     dm = data_module(sms_split_dir)
+    final = dict(zip(SPLITS, dm.test_dataloader(), strict=True))  # every split, in SPLITS order
     assert len(dm.val_dataloader()) == 19  # 149 = 18 * 8 + 5
-    assert len(dm.test_dataloader()) == 38  # 300 = 37 * 8 + 4
+    assert len(final["test"]) == 38  # 300 = 37 * 8 + 4
     for split, loader, size in [
         ("validation", dm.val_dataloader(), 149),
-        ("test", dm.test_dataloader(), 300),
-        ("train", dm.eval_dataloader("train"), 1045),
+        ("test", final["test"], 300),
+        ("train", final["train"], 1045),
     ]:
         index = torch.cat([b["index"] for b in loader])
         assert index.tolist() == list(range(size)), split  # in order, nothing dropped

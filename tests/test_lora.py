@@ -5,8 +5,9 @@ import torch
 from helpers import TINY_MODEL
 from torch import nn
 
+from gpt_classifier.classifier import Reading
 from gpt_classifier.finetune import LoRALinear, apply_policy, count_parameters, merge_lora
-from gpt_classifier.model import GPTConfig, GPTModel, read_positions
+from gpt_classifier.model import GPTConfig, GPTModel
 from gpt_classifier.module import GPTClassifier
 
 
@@ -46,16 +47,17 @@ def test_merged_weights_predict_the_same():
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     ids, labels = torch.randint(0, 50257, (4, 12)), torch.tensor([0, 1, 2, 1])
     lengths = torch.tensor([12, 7, 3, 9])
-    read = read_positions(lengths, 12, "last")
+    reading = Reading(position="last")
+    read = {"read_pos": reading.read_positions(lengths, 12), "prefix": reading.needed_lengths(lengths, 12)}
     for _ in range(3):  # make B non-zero
-        loss = nn.functional.cross_entropy(model.classify(model.embed(ids), read), labels)
+        loss = nn.functional.cross_entropy(model.classify(model.embed(ids), **read), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        before = model.classify(model.embed(ids), read)
+        before = model.classify(model.embed(ids), **read)
         merge_lora(model)
-        after = model.classify(model.embed(ids), read)
+        after = model.classify(model.embed(ids), **read)
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
     assert (before - after).abs().max() < 1e-5
 
@@ -74,7 +76,7 @@ def test_state_dict_roundtrip_then_merge():
         TINY_MODEL, ["a", "b"], finetune={"policy": "lora", "lora_rank": 2, "lora_alpha": 4}
     )
     state.load_state_dict(module.state_dict())
-    merge_lora(state.model)
+    merge_lora(state.classifier.model)
     assert (state(ids, lengths) - expected).abs().max() < 1e-5
 
 

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from gpt_classifier.model import GPTConfig, GPTModel, read_positions
+from gpt_classifier.classifier import Reading
+from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.model import GPTConfig, GPTModel
 
 VOCAB, CONTEXT, N_LAYERS = 97, 24, 3
 LENGTHS = [12, 7, 1, 4]
@@ -50,8 +52,11 @@ def test_shapes():
     assert lm(ids).shape == (4, 12, VOCAB)
     clf = tiny_model(out_dim=2)
     assert clf(ids).shape == (4, 12, 2)
-    assert clf.classify(clf.embed(ids), read_positions(lengths, 12, "last")).shape == (4, 2)
-    assert clf.classify(clf.embed(ids), None, lengths=lengths, pooling="mean").shape == (4, 2)
+    last, mean = Reading(position="last"), Reading(pooling="mean")
+    read_pos, prefix = last.read_positions(lengths, 12), last.needed_lengths(lengths, 12)
+    assert clf.classify(clf.embed(ids), read_pos=read_pos, prefix=prefix).shape == (4, 2)
+    prefix = mean.needed_lengths(lengths, 12)
+    assert clf.classify(clf.embed(ids), mean_over=lengths, prefix=prefix).shape == (4, 2)
 
 
 def test_gpt2_small_parameter_count():
@@ -64,11 +69,11 @@ def test_gpt2_small_parameter_count():
 
 def test_read_positions():
     lengths = torch.tensor(LENGTHS)
-    assert read_positions(lengths, 12, "last").tolist() == [11, 11, 11, 11]
-    assert read_positions(lengths, 12, "first").tolist() == [0, 0, 0, 0]
-    assert read_positions(lengths, 12, "flexible").tolist() == [11, 6, 0, 3]
-    with pytest.raises(ValueError, match="unknown position"):
-        read_positions(lengths, 12, "middle")
+    assert Reading(position="last").read_positions(lengths, 12).tolist() == [11, 11, 11, 11]
+    assert Reading(position="first").read_positions(lengths, 12).tolist() == [0, 0, 0, 0]
+    assert Reading(position="flexible").read_positions(lengths, 12).tolist() == [11, 6, 0, 3]
+    with pytest.raises(GPTClassifierError, match="position='middle' is unknown"):
+        Reading(position="middle")
 
 
 @pytest.mark.parametrize("read_only", [True, False])
@@ -78,11 +83,13 @@ def test_read_positions():
 def test_classify_equals_sliced_forward(position, start_block, causal, read_only):
     model = tiny_model(out_dim=2, causal=causal)
     ids, lengths = padded_batch()
-    pos = read_positions(lengths, ids.shape[1], position)
+    reading = Reading(position=position, causal=causal)
+    pos = reading.read_positions(lengths, ids.shape[1])
+    prefix = reading.needed_lengths(lengths, ids.shape[1]) if read_only else None
     with torch.no_grad():
         expected = model(ids)[torch.arange(len(pos)), pos]
         x = model.trf_blocks[:start_block](model.embed(ids))
-        got = model.classify(x, pos, lengths=lengths, start_block=start_block, read_only=read_only)
+        got = model.classify(x, start_block=start_block, read_pos=pos, prefix=prefix)
     assert got.shape == (4, 2)
     assert max_diff(got, expected) <= TOL
 
@@ -96,16 +103,16 @@ def test_classify_mean_pooling_over_real_tokens(start_block, causal):
         logits = model(ids)
         expected = torch.stack([logits[b, :n].mean(0) for b, n in enumerate(LENGTHS)])
         x = model.trf_blocks[:start_block](model.embed(ids))
-        pos = read_positions(lengths, ids.shape[1], "last")  # ignored by mean pooling
-        got = model.classify(x, pos, lengths=lengths, start_block=start_block, pooling="mean")
+        prefix = Reading(pooling="mean", causal=causal).needed_lengths(lengths, ids.shape[1])
+        got = model.classify(x, start_block=start_block, mean_over=lengths, prefix=prefix)
     assert max_diff(got, expected) <= TOL
 
 
 def test_mean_pooling_needs_lengths():
     model = tiny_model(out_dim=2)
     ids, _ = padded_batch()
-    with pytest.raises(ValueError, match="lengths"):
-        model.classify(model.embed(ids), None, pooling="mean")
+    with pytest.raises(ValueError, match="mean_over"):
+        model.classify(model.embed(ids))
 
 
 def _grads(model, loss):
@@ -121,9 +128,12 @@ def test_classify_gradients_equal_sliced_forward(position, pooling, causal):
     ids, lengths = padded_batch()
     weights = torch.randn(4, 2, generator=torch.Generator().manual_seed(5))
     rows = torch.arange(4)
-    pos = read_positions(lengths, ids.shape[1], position) if position else None
+    reading = Reading(position=position or "last", pooling=pooling, causal=causal)
+    pos = reading.read_positions(lengths, ids.shape[1])
+    pooled = {"mean_over": lengths} if pooling == "mean" else {"read_pos": pos}
+    prefix = reading.needed_lengths(lengths, ids.shape[1])
 
-    out = model.classify(model.embed(ids), pos, lengths=lengths, pooling=pooling)
+    out = model.classify(model.embed(ids), prefix=prefix, **pooled)
     got = _grads(model, (out * weights).sum())
 
     logits = model(ids)
@@ -146,11 +156,13 @@ def test_classify_gradients_from_cached_hidden_states():
     """Training on a cached frozen trunk: grads of the trainable top blocks match the full model's."""
     model = tiny_model(out_dim=2)
     ids, lengths = padded_batch()
-    pos = read_positions(lengths, ids.shape[1], "flexible")
+    reading = Reading(position="flexible")
+    pos = reading.read_positions(lengths, ids.shape[1])
+    prefix = reading.needed_lengths(lengths, ids.shape[1])
     weights = torch.randn(4, 2, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         cached = model.trf_blocks[:1](model.embed(ids))
-    got = _grads(model, (model.classify(cached, pos, start_block=1) * weights).sum())
+    got = _grads(model, (model.classify(cached, start_block=1, read_pos=pos, prefix=prefix) * weights).sum())
     expected = _grads(model, (model(ids)[torch.arange(4), pos] * weights).sum())
     trainable = ("trf_blocks.1.", "trf_blocks.2.", "final_norm", "out_head")
     top = [name for name in expected if name.startswith(trainable)]
@@ -180,9 +192,11 @@ def test_flexible_reading_ignores_padding():
     other_padding[other_padding == PAD] = 5
     with torch.no_grad():
         for position, same in [("flexible", True), ("last", False)]:
-            pos = read_positions(lengths, ids.shape[1], position)
-            a = model.classify(model.embed(ids), pos)
-            b = model.classify(model.embed(other_padding), pos)
+            reading = Reading(position=position)
+            pos = reading.read_positions(lengths, ids.shape[1])
+            prefix = reading.needed_lengths(lengths, ids.shape[1])
+            a = model.classify(model.embed(ids), read_pos=pos, prefix=prefix)
+            b = model.classify(model.embed(other_padding), read_pos=pos, prefix=prefix)
             assert (max_diff(a, b) <= 1e-6) == same, position
 
 
@@ -205,13 +219,23 @@ def test_classify_computes_only_the_read_prefixes():
             module.register_forward_hook(
                 lambda m, args, out, name=name: rows.update({name: args[0].shape[:-1].numel()})
             )
+    flexible = Reading(position="flexible")
     with torch.no_grad():
-        model.classify(model.embed(ids), read_positions(lengths, 12, "flexible"))
+        model.classify(
+            model.embed(ids),
+            read_pos=flexible.read_positions(lengths, 12),
+            prefix=flexible.needed_lengths(lengths, 12),
+        )
     assert rows["trf_blocks.0.att.W_key"] == rows["trf_blocks.0.ff.layers.0"] == sum(LENGTHS)  # not 4 x 12
     assert rows[f"trf_blocks.{N_LAYERS - 1}.att.W_key"] == sum(LENGTHS)
     assert (
         rows[f"trf_blocks.{N_LAYERS - 1}.att.W_query"] == rows[f"trf_blocks.{N_LAYERS - 1}.ff.layers.0"] == 4
     )
+    first = Reading(position="first")
     with torch.no_grad():
-        model.classify(model.embed(ids), read_positions(lengths, 12, "first"))
+        model.classify(
+            model.embed(ids),
+            read_pos=first.read_positions(lengths, 12),
+            prefix=first.needed_lengths(lengths, 12),
+        )
     assert rows["trf_blocks.0.att.W_key"] == 4

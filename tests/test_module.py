@@ -31,6 +31,16 @@ class LossRecorder(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
+class CacheRecorder(L.Callback):
+    """The module's cached splits at the end of the final evaluation (its teardown clears them)."""
+
+    def __init__(self) -> None:
+        self.splits: dict = {}
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self.splits = dict(pl_module.cache.splits) if pl_module.cache is not None else {}
+
+
 @pytest.fixture(scope="module")
 def small_split_dir(sms_split_dir, tmp_path_factory):
     """The first rows of the book's SMS split: the cache covers whole splits, so keep them small."""
@@ -57,7 +67,8 @@ def datamodules(small_split_dir):
 
 
 def fit(dm, cache_frozen, model=None, finetune=None, classifier=None, epochs=2, batches=8):
-    """Fit from seed SEED; returns the module, the per-step losses and the final metrics."""
+    """Fit from seed SEED; returns the module, the per-step losses, the final metrics and the cached
+    splits (as they were at the end of the final evaluation)."""
     L.seed_everything(SEED)
     module = GPTClassifier(
         model or TINY_MODEL,
@@ -67,22 +78,22 @@ def fit(dm, cache_frozen, model=None, finetune=None, classifier=None, epochs=2, 
         data={"max_length": dm.max_length, "padding": dm.padding, "pad_token_id": dm.pad_token_id},
         optimizer=adamw(1e-3),
     )
-    recorder = LossRecorder()
+    recorder, cached = LossRecorder(), CacheRecorder()
     trainer = quiet_trainer(
-        max_epochs=epochs, limit_train_batches=batches, limit_val_batches=4, callbacks=[recorder]
+        max_epochs=epochs, limit_train_batches=batches, limit_val_batches=4, callbacks=[recorder, cached]
     )
     trainer.fit(module, datamodule=dm)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    trainer.test(module, dataloaders=dm.test_dataloader(), verbose=False)
+    trainer.test(module, datamodule=dm, verbose=False)
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     assert len(recorder.losses) == epochs * batches
-    return module, recorder.losses, metrics
+    return module, recorder.losses, metrics, cached.splits
 
 
 def assert_same_training(cached, uncached):
-    (module_c, losses_c, metrics_c), (module_u, losses_u, metrics_u) = cached, uncached
-    assert module_c.use_cache and set(module_c.cache) == {"train", "validation", "test"}
-    assert not module_u.use_cache and not module_u.cache
+    (module_c, losses_c, metrics_c, splits_c), (module_u, losses_u, metrics_u, splits_u) = cached, uncached
+    assert module_c.cache is not None and set(splits_c) == {"train", "validation", "test"}
+    assert module_u.cache is None and not splits_u
     assert losses_c == pytest.approx(losses_u, abs=TOL, rel=0)
     assert {"val/loss", "val/acc", "final/test_loss", "final/test_acc", "train/loss_epoch"} <= set(metrics_u)
     assert set(metrics_c) == set(metrics_u)
@@ -92,8 +103,8 @@ def assert_same_training(cached, uncached):
     assert max(losses_u) - min(losses_u) > 1e-3
 
 
-def kept_positions(module, split="train"):
-    return [len(s) for s in module.cache[split].states]
+def kept_positions(splits, split="train"):
+    return [len(s) for s in splits[split].states]
 
 
 CASES = {
@@ -123,12 +134,12 @@ def test_cache_gives_the_same_training(datamodules, case):
     cached = fit(dm, True, model, finetune, classifier)
     uncached = fit(dm, False, model, finetune, classifier)
     assert_same_training(cached, uncached)
-    module = cached[0]
-    token_ids = dm.datasets["train"].token_ids
-    assert kept_positions(module) == [kept(ids, dm.max_length) for ids in token_ids]
+    module, splits = cached[0], cached[3]
+    token_ids = dm.token_ids("train")
+    assert kept_positions(splits) == [kept(ids, dm.max_length) for ids in token_ids]
     n_layers = (model or TINY_MODEL)["n_layers"]
     blocks = {"last_layer": 0, "last_two_blocks": 2}.get((finetune or {}).get("policy"), 1)
-    assert module.start_block == n_layers - blocks
+    assert module.cache.start_block == n_layers - blocks
 
 
 def test_last_layer_cache_reads_position_zero_of_one_stored_state(datamodules):
@@ -140,16 +151,18 @@ def test_last_layer_cache_reads_position_zero_of_one_stored_state(datamodules):
         finetune={"policy": "last_layer", "cache_frozen": True},
         data={"max_length": dm.max_length},
     )
-    module.datamodule = dm
-    cached = module._cached_split("validation")
+    module.cache.build("validation", dm.token_ids("validation"))
+    cached = module.cache.splits["validation"]
     assert all(s.shape == (1, TINY_MODEL["emb_dim"]) for s in cached.states)
     assert torch.equal(cached.read_pos, torch.zeros(len(cached.states), dtype=torch.long))
     # the stored state is the one the whole model computes at the read (last padded) position
     batch = next(iter(dm.val_dataloader()))
     with torch.no_grad():
         direct = module(batch["input_ids"], batch["lengths"])
-        x, read, lengths = cached.batch(batch["index"])
-        from_cache = module.model.classify(x, read, lengths, module.start_block)
+        inputs = module.cache.batch("validation", batch["index"], module.device)
+        from_cache = module.classifier.logits_from(
+            inputs.pop("x"), start_block=module.cache.start_block, **inputs
+        )
     torch.testing.assert_close(from_cache, direct, atol=1e-5, rtol=0)
 
 
@@ -165,8 +178,8 @@ def test_cache_with_unpadded_batches_of_one(datamodules):
 @pytest.mark.parametrize("cache_frozen", [False, True])
 def test_read_positions_only_changes_nothing(datamodules, cache_frozen):
     dm = datamodules()
-    read_only = fit(dm, cache_frozen, finetune={"read_positions_only": True}, epochs=1)
-    full = fit(dm, cache_frozen, finetune={"read_positions_only": False}, epochs=1)
+    read_only = fit(dm, cache_frozen, classifier={"read_positions_only": True}, epochs=1)
+    full = fit(dm, cache_frozen, classifier={"read_positions_only": False}, epochs=1)
     assert read_only[1] == pytest.approx(full[1], abs=TOL, rel=0)
     for name, value in full[2].items():
         assert read_only[2][name] == pytest.approx(value, abs=TOL, rel=0), name
@@ -214,13 +227,13 @@ def test_auto_cache_falls_back_silently(case, caplog):
     model_changes, finetune, data_changes, _ = IMPOSSIBLE[case]
     with caplog.at_level(logging.INFO, logger="gpt_classifier"):
         module = make_module(model_changes, finetune, data_changes, "auto")
-    assert module.use_cache is False
+    assert module.cache is None
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_auto_cache_is_on_when_exact():
-    assert make_module({}, {}, {}, "auto").use_cache is True
-    assert make_module({}, {}, {"padding": "dynamic", "position": "flexible"}, "auto").use_cache is True
+    assert make_module({}, {}, {}, "auto").cache is not None
+    assert make_module({}, {}, {"padding": "dynamic", "position": "flexible"}, "auto").cache is not None
 
 
 @pytest.mark.parametrize("setting", ["yes", 1.5, None])

@@ -9,10 +9,11 @@ import torch
 from helpers import PREDICT_PY, TINY_MODEL, adamw, quiet_trainer, run_many
 from hydra import compose, initialize_config_dir
 
-from gpt_classifier.data import SpamDataModule
+from gpt_classifier.checkpoints import load_classifier
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.module import GPTClassifier, load_classifier
+from gpt_classifier.module import GPTClassifier
 from gpt_classifier.predict import classify_review, predict, predict_texts
+from gpt_classifier.sms import SpamDataModule
 from gpt_classifier.tokenizer import get_tokenizer
 
 CLASSES = {"not spam", "spam"}
@@ -26,7 +27,8 @@ MODELS = {
 
 
 def train_model(split_dir, padding, classifier, finetune):
-    """One epoch of the tiny model; returns it with its test accuracy as Lightning measured it."""
+    """One epoch of the tiny model; returns its `TextClassifier` with its test accuracy as Lightning
+    measured it, and the trainer."""
     dm = SpamDataModule(data_dir=split_dir, urls=[], padding=padding, batch_size=16)
     dm.prepare_data()
     dm.setup()
@@ -41,8 +43,8 @@ def train_model(split_dir, padding, classifier, finetune):
     )
     trainer = quiet_trainer(limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
-    trainer.test(module, dataloaders=dm.test_dataloader(), verbose=False)
-    return module.eval(), float(trainer.callback_metrics["final/test_acc"]), trainer
+    trainer.test(module, datamodule=dm, verbose=False)
+    return module.classifier.eval(), float(trainer.callback_metrics["final/test_acc"]), trainer
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +53,10 @@ def trained(sms_split_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("predict_models")
     models = {}
     for name, (padding, classifier, finetune) in MODELS.items():
-        module, test_acc, trainer = train_model(sms_split_dir, padding, classifier, finetune)
+        model, test_acc, trainer = train_model(sms_split_dir, padding, classifier, finetune)
         path = folder / f"{name}.ckpt"
         trainer.save_checkpoint(path)
-        module.release_cache()
-        models[name] = (module, test_acc, path)
+        models[name] = (model, test_acc, path)
     return models
 
 
@@ -100,7 +101,8 @@ def test_batched_predictions_equal_one_at_a_time(trained, sms_test_split, name):
 
 def test_unpadded_model_predicts_batched_as_one_at_a_time():
     torch.manual_seed(0)
-    model = GPTClassifier(TINY_MODEL, sorted(CLASSES), data={"max_length": 120, "padding": "none"}).eval()
+    module = GPTClassifier(TINY_MODEL, sorted(CLASSES), data={"max_length": 120, "padding": "none"})
+    model = module.classifier.eval()
     texts = ["ok", HAM, SPAM]
     tokenizer = get_tokenizer()
     batched = predict_texts(texts, model, tokenizer, "cpu")
@@ -113,7 +115,11 @@ def test_checkpoint_round_trip_predicts_the_same(trained, sms_test_split, name):
     model, _, path = trained[name]
     loaded = load_classifier(path)
     assert not loaded.training
-    assert loaded.hparams["data"] == model.hparams["data"]
+    assert (loaded.class_names, loaded.max_length, loaded.padding) == (
+        model.class_names,
+        model.max_length,
+        model.padding,
+    )
     texts = sms_test_split["Text"].astype(str).head(40).tolist()
     tokenizer = get_tokenizer()
     before = predict_texts(texts, model, tokenizer, "cpu")
@@ -254,4 +260,4 @@ def test_truncated_checkpoint_copy_keeps_the_original(trained, tmp_path):
         f.truncate(1000)
     with pytest.raises(GPTClassifierError, match="unreadable"):
         load_classifier(copy)
-    assert load_classifier(path).hparams["classifier"]["position"] == "flexible"
+    assert load_classifier(path).reading.position == "flexible"

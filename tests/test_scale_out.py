@@ -9,15 +9,18 @@ import json
 import math
 import re
 from datetime import datetime
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 import yaml
 from helpers import TINY_OVERRIDES, TRAIN_PY, run_many
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DistributedSampler
 
-from gpt_classifier.module import read_checkpoint
-from gpt_classifier.samplers import EpochShuffleSampler, LengthGroupedBatchSampler, SequentialShardSampler
+from gpt_classifier.checkpoints import read_checkpoint
+from gpt_classifier.data import LengthGroupedBatchSampler, TextClassificationDataModule
 from gpt_classifier.train import METRIC_KEYS
 
 # 2 epochs from random weights, 2 processes x 8 examples a step. The book's policy (last block
@@ -213,48 +216,98 @@ def test_local_launcher_runs_trials_in_parallel(cli):
     assert sorted(map(str, overrides)) == sorted(str(by_run[run]) for run in (0, 1))
 
 
-def test_evaluation_shards_count_each_example_once():
-    sampler = SequentialShardSampler(VAL_EXAMPLES)
-    assert list(sampler) == list(range(VAL_EXAMPLES))  # one process: the split in order
+def processes(dm, rank, world):
+    """`dm` as the data module of process `rank` of `world`: what `processes()` reads from its trainer."""
+    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+    return dm
+
+
+def sms_data_module(split_dir, **options):
+    dm = TextClassificationDataModule(
+        split_dir, ["not spam", "spam"], batch_size=8, eval_batch_size=5, **options
+    )
+    dm.setup()
+    return dm
+
+
+@pytest.fixture(scope="module")
+def sms_data(sms_split_dir):
+    return sms_data_module(sms_split_dir)
+
+
+@pytest.fixture(scope="module")
+def sms_grouped(sms_split_dir):
+    return sms_data_module(sms_split_dir, padding="dynamic", group_by_length=True)
+
+
+def test_evaluation_shards_count_each_example_once(sms_data, sms_grouped):
+    assert len(sms_data.datasets["validation"]) == VAL_EXAMPLES
+    loader = processes(sms_data, 0, 1).val_dataloader()
+    assert list(loader.sampler) == list(range(VAL_EXAMPLES))  # one process: the split in order
     shards = []
     for rank in range(2):
-        sampler.shard = (rank, 2)
+        sampler = processes(sms_data, rank, 2).val_dataloader().sampler
+        assert isinstance(sampler, UnrepeatedDistributedSampler)
         shards.append(list(sampler))
         assert len(sampler) == len(shards[-1])
-    assert [len(s) for s in shards] == [74, 75]
-    assert shards[0] + shards[1] == list(range(VAL_EXAMPLES))
+    assert [len(s) for s in shards] == [75, 74]  # interleaved slices, none padded
+    assert sorted(shards[0] + shards[1]) == list(range(VAL_EXAMPLES))  # every example, once
 
     lengths = torch.randint(1, 60, (VAL_EXAMPLES,), generator=torch.Generator().manual_seed(0)).tolist()
-    grouped = LengthGroupedBatchSampler(lengths, batch_size=8, shuffle=False, drop_last=False)
-    whole = list(grouped)
+    whole = list(LengthGroupedBatchSampler(lengths, batch_size=8, shuffle=False, drop_last=False))
     parts = []
     for rank in range(2):
-        grouped.shard = (rank, 2)
+        grouped = LengthGroupedBatchSampler(lengths, 8, shuffle=False, drop_last=False, rank=rank, world=2)
         parts.append(list(grouped))
         assert len(grouped) == len(parts[-1])
     assert sorted(parts[0] + parts[1]) == sorted(whole)  # every batch, once
+    # ... and as the data module builds it for each process
+    batches = []
+    for rank in range(2):
+        grouped = processes(sms_grouped, rank, 2).val_dataloader().batch_sampler
+        assert isinstance(grouped, LengthGroupedBatchSampler) and (grouped.rank, grouped.world) == (rank, 2)
+        batches.append(list(grouped))
+        assert len(grouped) == len(batches[-1])
+    indices = [i for batch in batches[0] + batches[1] for i in batch]
+    assert sorted(indices) == list(range(VAL_EXAMPLES))
 
 
-def test_training_shards_are_disjoint_and_take_equal_steps():
-    torch.manual_seed(0)
-    sampler = EpochShuffleSampler(1045)
+def test_training_shards_are_disjoint_and_take_equal_steps(sms_data):
+    assert len(sms_data.datasets["train"]) == 1045
+    samplers = {}
+    for rank, world in ((0, 1), (0, 2), (1, 2)):  # every process draws the seed after seed_everything
+        torch.manual_seed(0)
+        samplers[rank, world] = processes(sms_data, rank, world).train_dataloader().sampler
+        assert isinstance(samplers[rank, world], DistributedSampler) and samplers[rank, world].shuffle
+    (seed,) = {sampler.seed for sampler in samplers.values()}
+    orders = []
     for epoch in (0, 1):
-        sampler.set_epoch(epoch)
-        sampler.shard = None
-        order = list(sampler)
+        for sampler in samplers.values():
+            sampler.set_epoch(epoch)
+        order = list(samplers[0, 1])
+        assert sorted(order) == list(range(1045))
+        orders.append(order)
         shards = []
         for rank in range(2):
-            sampler.shard = (rank, 2)
-            shards.append(list(sampler))
-            assert len(shards[-1]) == len(sampler) == 523
+            shards.append(list(samplers[rank, 2]))
+            assert len(shards[-1]) == len(samplers[rank, 2]) == 523
         assert set(shards[0]) | set(shards[1]) == set(range(1045))
         assert sorted(shards[0] + shards[1]) == sorted([*order, order[0]])  # padded by one
+        # resumable: a new sampler with the same seed, at the same epoch, gives the same shares
+        for rank in range(2):
+            again = DistributedSampler(range(1045), num_replicas=2, rank=rank, shuffle=True, seed=seed)
+            again.set_epoch(epoch)
+            assert list(again) == shards[rank]
+    assert orders[0] != orders[1]  # a fresh permutation every epoch
+
     lengths = torch.randint(1, 60, (1045,), generator=torch.Generator().manual_seed(0)).tolist()
-    grouped = LengthGroupedBatchSampler(lengths, batch_size=8, shuffle=True, drop_last=True)
-    grouped.set_epoch(3)
     parts = []
     for rank in range(2):
-        grouped.shard = (rank, 2)
+        torch.manual_seed(0)  # the same seed in every process
+        grouped = LengthGroupedBatchSampler(
+            lengths, batch_size=8, shuffle=True, drop_last=True, rank=rank, world=2
+        )
+        grouped.set_epoch(3)
         parts.append(list(grouped))
         assert len(parts[-1]) == len(grouped) == 65
     indices = [i for batch in parts[0] + parts[1] for i in batch]

@@ -15,7 +15,7 @@ from helpers import TINY_OVERRIDES, TRAIN_PY, run_many, train_config
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gpt_classifier.module import read_checkpoint
+from gpt_classifier.checkpoints import read_checkpoint
 from gpt_classifier.train import METRIC_KEYS, train
 
 EPOCHS = 2
@@ -221,9 +221,9 @@ def test_resume_continues_from_last_checkpoint(run, sms_split_dir, tmp_path, cap
     # the evaluated checkpoint is one of the resumed run's own
     assert f"checkpoint:    {out / 'checkpoints'}/epoch{EPOCHS:02d}-val_acc" in capsys.readouterr().out
     # the third epoch trained from the resumed weights: the trained block moved
-    name = "model.trf_blocks.1.ff.layers.0.weight"
+    name = "classifier.model.trf_blocks.1.ff.layers.0.weight"
     assert not torch.equal(resumed["state_dict"][name], original["state_dict"][name])
-    frozen = "model.trf_blocks.0.ff.layers.0.weight"
+    frozen = "classifier.model.trf_blocks.0.ff.layers.0.weight"
     assert torch.equal(resumed["state_dict"][frozen], original["state_dict"][frozen])
 
 

@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.model import GPTModel
 from gpt_classifier.weights import HUB_REPOS, WEIGHTS_FILE, config_from_hf, load_pretrained
 
 CONFIGS = [  # n_layer, n_head, n_embd, n_positions
@@ -32,7 +31,7 @@ def hf_logits(hf_model, ids):
 
 
 def our_logits(folder, ids):
-    model = GPTModel.from_pretrained(str(folder)).eval()
+    model = load_pretrained(str(folder)).eval()
     with torch.no_grad():
         return model(ids)
 
@@ -51,7 +50,7 @@ def test_logits_match_transformers(n_layer, n_head, n_embd, n_positions, make_hf
     )
     ids = token_batch(n_positions)  # the whole context, so every position embedding is used
     expected = hf_logits(hf_model, ids)
-    model = GPTModel.from_pretrained(str(folder))
+    model = load_pretrained(str(folder))
     shape = {"vocab_size": 50257, "context_length": n_positions, "emb_dim": n_embd}
     shape |= {"n_heads": n_head, "n_layers": n_layer}
     assert {key: value for key, value in model.cfg.to_dict().items() if key in shape} == shape
@@ -65,7 +64,7 @@ def test_logits_match_transformers(n_layer, n_head, n_embd, n_positions, make_hf
 
 def test_output_head_is_tied_to_token_embedding(make_hf_checkpoint):
     folder, hf_model = make_hf_checkpoint()
-    model = GPTModel.from_pretrained(str(folder))
+    model = load_pretrained(str(folder))
     assert torch.equal(model.out_head.weight, model.tok_emb.weight)
     assert torch.equal(model.out_head.weight, hf_model.lm_head.weight)
 
@@ -121,7 +120,7 @@ def test_missing_key_is_named(key, make_hf_checkpoint):
     folder, _ = make_hf_checkpoint()
     rewrite_weights(folder, lambda tensors: {k: v for k, v in tensors.items() if k != f"transformer.{key}"})
     with pytest.raises(GPTClassifierError, match=re.escape(f"missing key '{key}'")):
-        GPTModel.from_pretrained(str(folder))
+        load_pretrained(str(folder))
 
 
 @pytest.mark.parametrize(
@@ -136,7 +135,7 @@ def test_wrong_shape_is_named(key, shape, make_hf_checkpoint):
     folder, _ = make_hf_checkpoint(n_layer=2, n_head=2, n_embd=32, n_positions=64)
     rewrite_weights(folder, lambda tensors: {**tensors, f"transformer.{key}": torch.zeros(shape)})
     with pytest.raises(GPTClassifierError, match=re.escape(f"key '{key}' has shape")):
-        GPTModel.from_pretrained(str(folder))
+        load_pretrained(str(folder))
 
 
 @pytest.mark.parametrize("content", ["pickle", "bytes", "empty"])
@@ -150,29 +149,29 @@ def test_non_safetensors_file(content, make_hf_checkpoint):
     else:
         weights.write_bytes(b"")
     with pytest.raises(GPTClassifierError, match="not a readable safetensors file"):
-        GPTModel.from_pretrained(str(folder))
+        load_pretrained(str(folder))
 
 
 def test_incomplete_folder(make_hf_checkpoint, tmp_path):
     folder, _ = make_hf_checkpoint()
     (folder / WEIGHTS_FILE).unlink()
     with pytest.raises(GPTClassifierError, match=re.escape(f"{WEIGHTS_FILE} not found")):
-        GPTModel.from_pretrained(str(folder))
+        load_pretrained(str(folder))
     empty = tmp_path / "empty-dir"
     empty.mkdir()
     with pytest.raises(GPTClassifierError, match=re.escape("config.json not found")):
-        GPTModel.from_pretrained(str(empty))
+        load_pretrained(str(empty))
     config = json.loads((folder / "config.json").read_text())
     del config["n_embd"]
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(GPTClassifierError, match=re.escape("config.json lacks 'n_embd'")):
-        GPTModel.from_pretrained(str(folder))
+        load_pretrained(str(folder))
 
 
 @pytest.mark.parametrize("name", ["gpt2-tiny", "openai-community/gpt2", "/no/such/folder"])
 def test_unknown_name(name):
     with pytest.raises(GPTClassifierError, match="neither a folder nor a known model") as info:
-        GPTModel.from_pretrained(name)
+        load_pretrained(name)
     assert all(known in str(info.value) for known in HUB_REPOS)
 
 
@@ -196,7 +195,7 @@ def test_known_name_offline_without_cache(monkeypatch, tmp_path):
 
     start = time.monotonic()
     with pytest.raises(GPTClassifierError) as info:
-        GPTModel.from_pretrained("gpt2-small")
+        load_pretrained("gpt2-small")
     assert time.monotonic() - start < 10
     message = str(info.value)
     assert "gpt2-small" in message

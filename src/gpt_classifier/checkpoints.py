@@ -1,163 +1,83 @@
-"""Checkpoints that survive crashes: atomic writes, a resumable "best", and a clear error on a mismatch.
+"""All checkpoint reading: a checkpoint loaded safely, the classifier it holds, and resume checks.
 
-- `AtomicCheckpointIO` writes each checkpoint to a temporary file beside the target and renames it
-  into place, so a run killed mid-write never leaves a truncated `.ckpt` (and the previous
-  `last.ckpt` stays intact until the new one is complete).
-- `ResumableModelCheckpoint` keeps the best checkpoint across a resume into a new run folder, writes
-  `last.ckpt` after every validation, and hard-links it to the best one when both hold the same step.
-- `check_resume` compares a checkpoint's settings with the run about to load it, before Lightning
-  fails deep inside `load_state_dict` with a long size-mismatch error.
+Nothing here imports Lightning, so prediction, serving and export start fast. A checkpoint is
+Lightning's dict: `hyper_parameters` (what `build_classifier` needs: model, class names, finetune,
+classifier and data settings) and `state_dict` (the `GPTClassifier`'s, keys `classifier.*`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-from functools import partial
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import lightning as L
 import torch
-from fsspec.implementations.local import LocalFileSystem
-from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from gpt_classifier.classifier import TextClassifier, build_classifier
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.files import replace_atomically, temporary_path
-from gpt_classifier.module import read_checkpoint
+from gpt_classifier.finetune import merge_lora
+from gpt_classifier.model import GPTConfig
 
-ARCHITECTURE_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "qkv_bias")
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """`torch.save` into a temporary file in the checkpoint's folder, then `os.replace` onto the target.
-
-    Lightning's own `TorchCheckpointIO` buffers the whole checkpoint in memory and commits it through
-    an fsspec transaction whose temporary file lives in the system temp folder, so the final move
-    can be a non-atomic copy across filesystems. Remote paths (s3://, ...) still go through Lightning.
-    """
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
-        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        replace_atomically(Path(os.fspath(path).removeprefix("file://")), lambda f: torch.save(checkpoint, f))
+# What decides the parameters' shapes (dropout and the causal mask do not).
+RUNTIME_KEYS = ("drop_rate", "causal", "out_dim")
+ARCHITECTURE_KEYS = tuple(f.name for f in fields(GPTConfig) if f.name not in RUNTIME_KEYS)
+STATE_PREFIX = "classifier."
 
 
-def _copy_into(source: str, target: BinaryIO) -> None:
-    with open(source, "rb") as f:
-        shutil.copyfileobj(f, target)
-
-
-def link_or_copy(source: str, target: str) -> None:
-    """Hard-link `source` to `target` (no copy: checkpoints are replaced, never changed in place), or
-    copy it where links are impossible (another filesystem); atomically either way."""
-    tmp = temporary_path(Path(target))
-    tmp.parent.mkdir(parents=True, exist_ok=True)
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A Lightning checkpoint, loaded safely (`weights_only=True`), or one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise GPTClassifierError(f"checkpoint {path} not found")
     try:
-        os.link(source, tmp)
-        os.replace(tmp, target)  # does nothing if `target` is already a link to `source`
-    except OSError:
-        replace_atomically(target, partial(_copy_into, source))
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-
-
-class ResumableModelCheckpoint(ModelCheckpoint):
-    """A `ModelCheckpoint` that keeps the best checkpoints when a run resumes into a new folder, keeps
-    `last.ckpt` the latest state, and writes the model once per step.
-
-    Lightning restores `best_model_score` and `best_k_models` only if the checkpoint folder is the
-    same, so "best" after a resume would only consider the resumed epochs. Here the earlier best
-    files are linked (or copied) into the new folder with their scores, so the new run is complete
-    on its own and its best is the best over all epochs, as in an uninterrupted run.
-    """
-
-    fitting = True  # `trainer.test(ckpt_path=...)` restores callback states too, to no purpose
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        self.fitting = stage == "fit"
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._save_last_if_missed(trainer)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._save_last_if_missed(trainer)
-
-    def _save_last_if_missed(self, trainer: L.Trainer) -> None:
-        """Since Lightning 2.6, `last.ckpt` is written only along with a best checkpoint, so a run resumed
-        from it after an epoch without improvement would repeat epochs: write it at every save point."""
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        """`last.ckpt` right after this step's best checkpoint holds the same training state: hard-link
-        that file rather than write the whole model (0.5 GB for GPT-2 small) a second time."""
-        source = self._last_checkpoint_saved
-        same_state = (
-            filepath == self.last_model_path
-            and source not in ("", filepath)
-            and self._last_global_step_saved == trainer.global_step
-            and isinstance(self._fs, LocalFileSystem)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        raise GPTClassifierError(
+            f"checkpoint {path} is unreadable ({type(err).__name__}): it is corrupt, truncated or not a "
+            "gpt-classifier checkpoint; use another one (e.g. checkpoints/last.ckpt)"
+        ) from None
+    if (
+        not isinstance(checkpoint, dict)
+        or "hyper_parameters" not in checkpoint
+        or "state_dict" not in checkpoint
+    ):
+        raise GPTClassifierError(
+            f"checkpoint {path} has no model settings: it was not written by gpt-classifier"
         )
-        if not same_state:
-            super()._save_checkpoint(trainer, filepath)
-            return
-        if trainer.is_global_zero:
-            link_or_copy(source, filepath)
-        trainer.strategy.barrier("link_last_checkpoint")
-        self._last_checkpoint_saved = filepath
+    return checkpoint
 
-    def _generate_state_key(self, **kwargs: Any) -> str:
-        """Lightning's own key, so checkpoints of a plain `ModelCheckpoint` resume with ours and back."""
-        return f"{ModelCheckpoint.__qualname__}{kwargs!r}"
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not self.fitting:
-            return
-        moved = state_dict.get("dirpath", self.dirpath) != self.dirpath and self.dirpath is not None
-        if not moved or state_dict.get("monitor") != self.monitor:
-            super().load_state_dict(state_dict)
-            return
-        self.best_k_models = {}
-        for old, score in state_dict.get("best_k_models", {}).items():
-            if Path(old).is_file():  # a best file deleted since is forgotten
-                new = os.path.join(self.dirpath, Path(old).name)
-                link_or_copy(old, new)
-                self.best_k_models[new] = score
-        if not self.best_k_models:
-            return
-        pick = min if self.mode == "min" else max
-        self.best_model_path = pick(self.best_k_models, key=self.best_k_models.get)  # type: ignore[arg-type]
-        self.best_model_score = self.best_k_models[self.best_model_path]
-        if len(self.best_k_models) == self.save_top_k:
-            worst = max if self.mode == "min" else min
-            self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.get)  # type: ignore[arg-type]
-            self.kth_value = self.best_k_models[self.kth_best_model_path]
+def classifier_settings(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of `build_classifier` from a checkpoint's `hyper_parameters`."""
+    keys = ("model", "class_names", "finetune", "classifier", "data")
+    return {key: hparams.get(key) for key in keys}
+
+
+def load_classifier(
+    path: str | Path, map_location: str | torch.device = "cpu", *, merge: bool = True
+) -> TextClassifier:
+    """The trained `TextClassifier` of a checkpoint, in eval mode, from the file alone (no Hub access).
+
+    `merge=True` folds LoRA factors into plain weights: the same outputs, less work.
+    """
+    checkpoint = read_checkpoint(path, map_location)
+    settings = classifier_settings(checkpoint["hyper_parameters"])
+    settings["model"] = {**settings["model"], "weights": "random"}  # the checkpoint holds every weight
+    with torch.device("meta"):  # no time spent initialising weights that are replaced at once
+        classifier = build_classifier(**settings)
+    state = {k.removeprefix(STATE_PREFIX): v for k, v in checkpoint["state_dict"].items()}
+    classifier.load_state_dict(state, assign=True)
+    decision = checkpoint.get("decision") or {}
+    classifier.positive_class = decision.get("positive_class", classifier.positive_class)
+    classifier.threshold = decision.get("threshold")
+    if merge:
+        merge_lora(classifier.model)
+    return classifier.to(map_location).eval()
 
 
 def read_hyper_parameters(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's `hyper_parameters`, memory-mapped so the weights are not read.
-
-    Anything `torch.load` cannot map (a truncated, corrupt or foreign file) goes through
-    `read_checkpoint`, which either reads it after all or raises its one-line error.
-    """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return dict(checkpoint["hyper_parameters"])
-    except Exception:
-        return dict(read_checkpoint(path)["hyper_parameters"])
+    """A checkpoint's `hyper_parameters` (memory-mapped: the weights are not read)."""
+    return dict(read_checkpoint(path)["hyper_parameters"])
 
 
 def _architecture(hparams: dict[str, Any]) -> dict[str, Any]:

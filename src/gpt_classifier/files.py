@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 
 def temporary_path(path: Path) -> Path:
@@ -43,3 +44,11 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], obje
             os.remove(tmp)
         raise
     _fsync_folder(path.parent)
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> None:
+    replace_atomically(path, lambda f: f.write(text.encode()))
+
+
+def write_json_atomic(data: Any, path: str | os.PathLike) -> None:
+    write_text_atomic(json.dumps(data, indent=2) + "\n", path)

@@ -13,14 +13,10 @@ reuses a cached frozen trunk.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-Position = Literal["last", "first", "flexible"]
-Pooling = Literal["token", "mean"]
 
 
 @dataclass
@@ -100,12 +96,15 @@ class MultiHeadAttention(nn.Module):
 
         With `packing`, `x` holds the packed rows `[N, D]` of a padded batch, and so does the result.
         """
-        padded = packing.unpack if packing else _same
-        keys, values = self._heads(padded(self.W_key(x))), self._heads(padded(self.W_value(x)))
+        keys, values = self.W_key(x), self.W_value(x)
+        if packing:
+            keys, values = packing.unpack(keys), packing.unpack(values)
+        keys, values = self._heads(keys), self._heads(values)
         batch, _, tokens, _ = keys.shape
         dropout = self.dropout if self.training else 0.0
         if query_pos is None:
-            queries = self._heads(padded(self.W_query(x)))
+            queries = self.W_query(x)
+            queries = self._heads(packing.unpack(queries) if packing else queries)
             context = F.scaled_dot_product_attention(
                 queries, keys, values, is_causal=self.causal, dropout_p=dropout
             )
@@ -166,13 +165,6 @@ class GPTModel(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.emb_dim, eps=1e-5)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.out_dim or cfg.vocab_size, bias=False)
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str) -> GPTModel:
-        """GPT-2 weights by name (`gpt2-small` ... `gpt2-xl`, from the Hub) or from a local HF folder."""
-        from gpt_classifier.weights import load_pretrained
-
-        return load_pretrained(name_or_path)
-
     def embed(self, in_idx: Tensor) -> Tensor:
         tokens = in_idx.shape[1]
         if tokens > self.cfg.context_length:
@@ -188,45 +180,38 @@ class GPTModel(nn.Module):
     def classify(
         self,
         x: Tensor,
-        read_pos: Tensor,
-        lengths: Tensor | None = None,
+        *,
         start_block: int = 0,
-        pooling: Pooling = "token",
-        read_only: bool = True,
+        read_pos: Tensor | None = None,
+        mean_over: Tensor | None = None,
+        prefix: Tensor | None = None,
     ) -> Tensor:
-        """Logits `[B, out_dim]` from hidden states `x` entering block `start_block`.
+        """Logits `[B, out_dim]` from hidden states `x` `[B, T, D]` entering block `start_block`.
 
-        `pooling="token"` reads position `read_pos[b]` of each example. `pooling="mean"` averages the
-        logits over the first `lengths[b]` positions (the real tokens). Pass `x=model.embed(input_ids)`
-        and `start_block=0` to run the whole model. `read_only=False` computes every block at every
-        position and then reads (the book's way, for comparison).
+        Reads position `read_pos[b]` of each example, or averages the logits over its first
+        `mean_over[b]` positions (mean pooling): pass exactly one. `prefix[b]` is how many leading
+        positions the result depends on (see `Reading.needed_lengths`): only those are computed,
+        packed, and in the last block only the read position (`Packing`). `prefix=None` computes
+        every block at every position and then reads, the book's `model(x)[:, -1, :]`.
+        Pass `x=model.embed(input_ids)` and `start_block=0` to run the whole model.
         """
-        if pooling == "mean" and lengths is None:
-            raise ValueError("mean pooling needs the real lengths")
+        if (read_pos is None) == (mean_over is None):
+            raise ValueError("pass exactly one of read_pos (token pooling) or mean_over (mean pooling)")
         blocks = self.trf_blocks[start_block:]
-        if not read_only:
-            x = self.final_norm(blocks(x))
-            if pooling == "mean":
-                return masked_mean(self.out_head(x), lengths)
-            return self.out_head(gather_positions(x, read_pos)[:, 0])
-        packing = Packing(self.needed_lengths(x, read_pos, lengths, pooling), x.shape[1])
+        if prefix is None:  # the book's way: logits at every position, then read
+            logits = self.out_head(self.final_norm(blocks(x)))  # the book's `model(x)`, then `[:, -1, :]`
+            if mean_over is not None:
+                return masked_mean(logits, mean_over)
+            return logits[torch.arange(len(logits), device=x.device), read_pos]
+        packing = Packing(prefix, x.shape[1])
         rows = packing.pack(x)
-        if pooling == "mean":
-            return packing.mean(self.out_head(self.final_norm(run_blocks(blocks, rows, packing))), lengths)
+        if mean_over is not None:
+            return packing.mean(self.out_head(self.final_norm(run_blocks(blocks, rows, packing))), mean_over)
         if len(blocks) == 0:
             x = packing.take(rows, read_pos)
         else:
             x = blocks[-1](run_blocks(blocks[:-1], rows, packing), query_pos=read_pos, packing=packing)
         return self.out_head(self.final_norm(x[:, 0]))
-
-    def needed_lengths(
-        self, x: Tensor, read_pos: Tensor | None, lengths: Tensor | None, pooling: Pooling
-    ) -> Tensor:
-        """How many leading positions of each example of `x` the classifier's output depends on:
-        with the causal mask, up to the read position (mean pooling: the real tokens); without, all."""
-        if not self.cfg.causal:
-            return torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
-        return lengths if pooling == "mean" else read_pos + 1
 
 
 def run_blocks(blocks: nn.Sequential, rows: Tensor, packing: Packing) -> Tensor:
@@ -242,21 +227,6 @@ def masked_mean(x: Tensor, counts: Tensor) -> Tensor:
     return (x * real[..., None]).sum(1) / counts[:, None].to(x.dtype)
 
 
-def _same(x: Tensor) -> Tensor:
-    return x
-
-
 def gather_positions(x: Tensor, positions: Tensor) -> Tensor:
     """`x[b, positions[b]]` for every example, kept as a length-1 sequence: `[B, 1, D]`."""
     return x[torch.arange(x.shape[0], device=x.device), positions].unsqueeze(1)
-
-
-def read_positions(lengths: Tensor, padded_length: int, position: Position) -> Tensor:
-    """The position the classifier reads: the last (book), the first, or the last real token."""
-    if position == "last":
-        return torch.full_like(lengths, padded_length - 1)
-    if position == "first":
-        return torch.zeros_like(lengths)
-    if position == "flexible":
-        return lengths - 1
-    raise ValueError(f"unknown position {position!r}: use last, first or flexible")

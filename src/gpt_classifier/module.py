@@ -1,17 +1,16 @@
-"""`GPTClassifier`: GPT-2 with a fresh classification head, trained as in chapter 6.
+"""`GPTClassifier`: the LightningModule that trains a `TextClassifier` as chapter 6 does.
 
-The module builds the `GPTModel` (pretrained, random or from a local folder), swaps `out_head` for
-`Linear(emb_dim, num_classes)`, applies a trainable-layer policy and trains with cross-entropy on
-the logits at one read position per example (the last token, by default). When the trainable part
-is a tail above a frozen, deterministic trunk, the trunk's output is cached once (see `cache.py`).
+It builds the classifier (GPT-2 with a fresh head and a trainable-layer policy), trains it with
+cross-entropy on the logits at one read position per example (the last token, by default), keeps
+the per-epoch history behind the book's plots, and, at the end, evaluates every split with the best
+checkpoint (`test`): accuracy, loss, and the per-class report of the test split. When the trainable
+part is a tail above a frozen, deterministic trunk, the trunk's output comes from a `TrunkCache`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -19,39 +18,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from gpt_classifier.cache import CachedSplit, build_cache, cache_problem
+from gpt_classifier.cache import TrunkCache
+from gpt_classifier.classifier import build_classifier
+from gpt_classifier.data import SPLITS
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.finetune import apply_policy, count_parameters, first_trainable_block
-from gpt_classifier.model import GPTConfig, GPTModel, read_positions
+from gpt_classifier.finetune import count_parameters, first_trainable_block
+from gpt_classifier.reports import per_class_report
 
 log = logging.getLogger(__name__)
 
-SHORT = {"train": "train", "validation": "val", "test": "test"}
-DEFAULT_FINETUNE = {
-    "policy": "last_block",
-    "last_n_blocks": None,
-    "lora_rank": 16,
-    "lora_alpha": 16.0,
-    "cache_frozen": "auto",
-    "read_positions_only": True,
-}
-DEFAULT_CLASSIFIER = {"position": "last", "pooling": "token", "ignore_index": -100}
-DEFAULT_DATA = {"max_length": None, "padding": "max_length", "pad_token_id": 50256}
-
-
-def build_backbone(model: dict) -> GPTModel:
-    """A `GPTModel` from a model config: `weights` is `pretrained` (by `name`), `random`, or a folder."""
-    cfg = GPTConfig(**{k: v for k, v in model.items() if k not in ("name", "weights")})
-    weights = str(model.get("weights", "random"))
-    if weights == "random":
-        return GPTModel(cfg)
-    from gpt_classifier.weights import load_pretrained
-
-    return load_pretrained(model["name"] if weights == "pretrained" else weights, cfg)
+SHORT_NAMES = {"train": "train", "validation": "val", "test": "test"}  # as in the book's printouts
 
 
 def rng_states() -> dict[str, Any]:
@@ -69,7 +49,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class GPTClassifier(L.LightningModule):
-    """GPT-2 classifier; every argument but the optimizer and scheduler is saved in checkpoints."""
+    """GPT-2 classifier; every argument but the optimizer, scheduler and `compile_blocks` is saved."""
 
     def __init__(
         self,
@@ -80,226 +60,151 @@ class GPTClassifier(L.LightningModule):
         data: dict | None = None,
         optimizer: Callable[..., Optimizer] | None = None,
         scheduler: Callable[..., LRScheduler] | None = None,
+        compile_blocks: bool = False,
     ) -> None:
         super().__init__()
-        finetune = {**DEFAULT_FINETUNE, **(finetune or {})}
-        classifier = {**DEFAULT_CLASSIFIER, **(classifier or {})}
-        data = {**DEFAULT_DATA, **(data or {})}
-        self.save_hyperparameters(
-            {
-                "model": model,
-                "class_names": list(class_names),
-                "finetune": finetune,
-                "classifier": classifier,
-                "data": data,
-            }
-        )
-        if classifier["position"] not in ("last", "first", "flexible"):
-            raise GPTClassifierError(
-                f"classifier.position={classifier['position']!r} is unknown: use last, first or flexible"
-            )
-        if classifier["pooling"] not in ("token", "mean"):
-            raise GPTClassifierError(
-                f"classifier.pooling={classifier['pooling']!r} is unknown: use token or mean"
-            )
-        # Unpadded batches of one have their last token at the end: read it however batches are padded later.
-        unpadded_last = data["padding"] == "none" and classifier["position"] == "last"
-        self.position = "flexible" if unpadded_last else classifier["position"]
-        self.model = build_backbone(model)
-        self.model.out_head = nn.Linear(self.model.cfg.emb_dim, len(class_names))
-        apply_policy(
-            self.model,
-            finetune["policy"],
-            finetune["last_n_blocks"],
-            finetune["lora_rank"],
-            finetune["lora_alpha"],
-        )
-        trainable, total = count_parameters(self.model)
+        settings = {"model": model, "finetune": finetune or {}, "classifier": classifier or {}}
+        self.save_hyperparameters({**settings, "class_names": list(class_names), "data": data or {}})
+        self.classifier = build_classifier(class_names=list(class_names), data=data, **settings)
+        trainable, total = count_parameters(self.classifier.model)
         log.info(
             "trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
         )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.accuracy = nn.ModuleDict(
-            {
-                name: MulticlassAccuracy(len(class_names), average="micro")
-                for name in ("fit_train", "fit_val", "final_train", "final_val", "final_test")
-            }
-        )
-        self.confusion = MulticlassConfusionMatrix(len(class_names))  # of the final test split
-        # Evaluation losses, weighted by batch size and summed over processes (DDP) by torchmetrics:
-        # Lightning's own sync_dist mean is off when processes see different numbers of examples
-        # (149 validation examples over 2 processes; Lightning issue #21859).
-        self.mean_loss = nn.ModuleDict(
-            {name: MeanMetric() for name in ("fit_val", "final_train", "final_val", "final_test")}
-        )
-        self.start_block = first_trainable_block(self.model)
-        self.use_cache = self._cache_decision(finetune["cache_frozen"])
-        self.cache: dict[str, CachedSplit] = {}
-        self.datamodule: L.LightningDataModule | None = None  # set by the caller when not fitting
-        self.eval_splits = ["test"]
+        self.compile_blocks = compile_blocks
+        self.ignore_index = self.hparams["classifier"].get("ignore_index", -100)
+        self.cache = self._make_cache(self.hparams["finetune"].get("cache_frozen", "auto"))
+        num_classes = len(class_names)
+        stages = ("fit_train", "fit_val", *(f"final_{SHORT_NAMES[s]}" for s in SPLITS))
+        # Losses weighted by batch size and accuracies, summed over processes (DDP) by torchmetrics.
+        self.accuracy = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in stages})
+        self.mean_loss = nn.ModuleDict({s: MeanMetric() for s in stages})
+        self.confusion = MulticlassConfusionMatrix(num_classes)  # of the final test split
         self.examples_seen = 0
         self.history: list[dict[str, float]] = []
-        self._epoch_sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, examples
+        self.final_metrics: dict[str, float] = {}
+        self.test_report: dict[str, dict[str, float]] = {}
         self._resumed_rng_states: dict[str, Any] | None = None
 
     @property
     def class_names(self) -> list[str]:
-        return self.hparams["class_names"]
+        return self.classifier.class_names
 
-    def _cache_decision(self, setting: bool | str) -> bool:
+    def _make_cache(self, setting: bool | str) -> TrunkCache | None:
         if setting not in (True, False, "auto"):
             raise GPTClassifierError(f"finetune.cache_frozen={setting!r} is unknown: use auto, true or false")
+        start_block = first_trainable_block(self.classifier.model)
+        problem = TrunkCache.problem(self.classifier, start_block)
         if setting is False:
-            return False
-        clf, data = self.hparams["classifier"], self.hparams["data"]
-        problem = cache_problem(self.model, self.start_block, data["padding"], self.position, clf["pooling"])
+            return None
         if problem and setting is True:
             raise GPTClassifierError(f"finetune.cache_frozen=true is impossible here: {problem}")
         if problem:
             log.info("frozen-trunk cache off: %s", problem)
-        return problem is None
+            return None
+        return TrunkCache(self.classifier, start_block)
 
-    def _cached_split(self, split: str) -> CachedSplit:
-        """The split's cache, built at its first batch. Under DDP each process caches the whole split:
-        the training shard of a process changes every epoch, and the cache is keyed by example."""
-        if split not in self.cache:
-            datamodule = self.datamodule or self.trainer.datamodule
-            data, clf = self.hparams["data"], self.hparams["classifier"]
-            pad_to = data["max_length"] if data["padding"] == "max_length" else None
-            self.cache[split] = build_cache(
-                self.model,
-                self.start_block,
-                datamodule.datasets[split],
-                pad_to,
-                self.position,
-                clf["pooling"],
-                data["pad_token_id"],
-            )
-            cached = self.cache[split]
-            log.info(
-                "cached the frozen blocks 0-%d for %d %s examples: %.1f MB of hidden states (%d positions)",
-                self.start_block - 1,
-                len(cached.states),
-                split,
-                cached.nbytes / 2**20,
-                sum(len(s) for s in cached.states),
-            )
-        return self.cache[split]
-
-    def release_cache(self) -> None:
-        self.cache.clear()
+    def setup(self, stage: str) -> None:
+        if self.compile_blocks and stage == "fit":
+            for block in self.classifier.model.trf_blocks:
+                block.compile()
 
     def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
-        """Class logits `[B, num_classes]` for padded token ids, computed from the tokens."""
-        clf = self.hparams["classifier"]
-        read = read_positions(lengths, input_ids.shape[1], self.position)
-        return self.model.classify(
-            self.model.embed(input_ids),
-            read,
-            lengths,
-            0,
-            clf["pooling"],
-            self.hparams["finetune"]["read_positions_only"],
-        )
+        """Class logits `[B, num_classes]` for padded token ids."""
+        return self.classifier(input_ids, lengths)
 
     def _logits(self, batch: dict[str, Tensor], split: str) -> Tensor:
-        if not self.use_cache:
+        if self.cache is None:
             return self(batch["input_ids"], batch["lengths"])
-        x, read, lengths = self._cached_split(split).batch(batch["index"])
-        return self.model.classify(
-            x.to(self.device),
-            read,
-            lengths,
-            self.start_block,
-            self.hparams["classifier"]["pooling"],
-            self.hparams["finetune"]["read_positions_only"],
-        )
+        if split not in self.cache:  # built at the split's first batch; each DDP process keeps all of it
+            self.cache.build(split, self.trainer.datamodule.token_ids(split))
+        inputs = self.cache.batch(split, batch["index"], self.device)
+        return self.classifier.logits_from(inputs.pop("x"), start_block=self.cache.start_block, **inputs)
 
-    def _loss(self, batch: dict[str, Tensor], split: str) -> tuple[Tensor, Tensor]:
+    def _step(self, batch: dict[str, Tensor], split: str, stage: str) -> Tensor:
         logits = self._logits(batch, split)
-        loss = F.cross_entropy(
-            logits, batch["labels"], ignore_index=self.hparams["classifier"]["ignore_index"]
-        )
-        return loss, logits
+        loss = F.cross_entropy(logits, batch["labels"], ignore_index=self.ignore_index)
+        if stage == "fit_train":  # forward: also the batch's accuracy, logged every step
+            self.accuracy[stage](logits, batch["labels"])
+        else:
+            self.accuracy[stage].update(logits, batch["labels"])
+        self.mean_loss[stage].update(loss.detach(), len(batch["labels"]))
+        if stage == "final_test":
+            self.confusion.update(logits, batch["labels"])
+        return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss, logits = self._loss(batch, "train")
+        loss = self._step(batch, "train", "fit_train")
         size = len(batch["labels"])
         self.examples_seen += size * self.trainer.world_size  # every process takes a full batch a step
-        self.accuracy["fit_train"](logits, batch["labels"])
         self.log(
             "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True
         )
-        self.log(
-            "train/acc",
-            self.accuracy["fit_train"],
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=size,
-        )
-        self.log("examples_seen", float(self.examples_seen), on_step=True, on_epoch=False)
-        correct = (logits.argmax(-1) == batch["labels"]).sum()
-        counts = torch.stack([loss.detach() * size, correct, torch.tensor(size, device=loss.device)])
-        self._epoch_sums += counts.double().cpu()
+        self.log("train/acc", self.accuracy["fit_train"], on_epoch=True, prog_bar=True, batch_size=size)
+        self.log("examples_seen", float(self.examples_seen), on_step=True, on_epoch=False, batch_size=size)
         step_loss = loss.detach()
         if self.trainer.world_size > 1:  # the mean over the processes' batches of this step
             step_loss = self.trainer.strategy.reduce(step_loss.clone(), reduce_op="mean")
-        self._log_by_examples({"train_loss": step_loss.item()})
+        self._log_by_examples({"train_loss": step_loss})
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        loss, logits = self._loss(batch, "validation")
+        self._step(batch, "validation", "fit_val")
         size = len(batch["labels"])
-        self.accuracy["fit_val"](logits, batch["labels"])
-        self.mean_loss["fit_val"].update(loss.detach(), size)
         self.log("val/loss", self.mean_loss["fit_val"], on_epoch=True, prog_bar=True, batch_size=size)
         self.log("val/acc", self.accuracy["fit_val"], on_epoch=True, prog_bar=True, batch_size=size)
 
     def on_validation_epoch_end(self) -> None:
-        """One history row per validation after training steps: the data behind the plots."""
-        if self.trainer.sanity_checking:
+        """One history row per validation after training steps: the data behind the plots. It is added
+        here, not at the training epoch's end, so that this epoch's checkpoint carries it."""
+        if self.trainer.sanity_checking or self.mean_loss["fit_train"].update_count == 0:
             return
-        sums = self._epoch_sums
-        if self.trainer.world_size > 1:  # each process counted its own batches: add them up
-            sums = self.trainer.strategy.reduce(sums.to(self.device), reduce_op="sum").cpu()
-        loss_sum, correct, seen = sums.tolist()
-        if seen == 0:
-            return
-        metrics = self.trainer.callback_metrics
         row = {
             "epoch": self.current_epoch + 1,
             "examples_seen": self.examples_seen,
-            "train_loss": loss_sum / seen,
-            "train_acc": correct / seen,
-            "val_loss": float(metrics["val/loss"]),
-            "val_acc": float(metrics["val/acc"]),
+            "train_loss": float(self.mean_loss["fit_train"].compute()),
+            "train_acc": float(self.accuracy["fit_train"].compute()),
+            "val_loss": float(self.mean_loss["fit_val"].compute()),
+            "val_acc": float(self.accuracy["fit_val"].compute()),
         }
         self.history.append(row)
-        self._epoch_sums.zero_()
         self._log_by_examples({"val_loss": row["val_loss"], "val_acc": row["val_acc"]})
 
-    def _log_by_examples(self, values: dict[str, float]) -> None:
+    def on_train_epoch_end(self) -> None:
+        self.mean_loss["fit_train"].reset()  # logged above through `train/loss`, kept for the history
+
+    def _log_by_examples(self, values: dict[str, float | Tensor]) -> None:
         """The same metrics against examples seen, the book's second x-axis."""
         for logger in self.loggers:
             logger.log_metrics(
-                {f"by_examples_seen/{k}": v for k, v in values.items()}, step=self.examples_seen
+                {f"by_examples_seen/{k}": float(v) for k, v in values.items()}, step=self.examples_seen
             )
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        split = self.eval_splits[dataloader_idx]
-        loss, logits = self._loss(batch, split)
+        """Final evaluation: the datamodule's test loaders are every split, in `SPLITS` order."""
+        split = SPLITS[dataloader_idx]
+        stage = f"final_{SHORT_NAMES[split]}"
+        self._step(batch, split, stage)
         size = len(batch["labels"])
-        name = SHORT[split]
-        metric = self.accuracy[f"final_{name}"]
-        metric(logits, batch["labels"])
-        if split == "test":
-            self.confusion.update(logits, batch["labels"])
-        mean_loss = self.mean_loss[f"final_{name}"]
-        mean_loss.update(loss.detach(), size)
-        self.log(f"final/{name}_loss", mean_loss, on_epoch=True, batch_size=size, add_dataloader_idx=False)
-        self.log(f"final/{name}_acc", metric, on_epoch=True, batch_size=size, add_dataloader_idx=False)
+        name = SHORT_NAMES[split]
+        options = {"on_epoch": True, "batch_size": size, "add_dataloader_idx": False}
+        self.log(f"final/{name}_loss", self.mean_loss[stage], **options)
+        self.log(f"final/{name}_acc", self.accuracy[stage], **options)
+
+    def on_test_epoch_end(self) -> None:
+        """`final_metrics` (train/val/test accuracy and loss) and the test split's per-class report."""
+        for split in SPLITS:
+            stage = f"final_{SHORT_NAMES[split]}"
+            if self.mean_loss[stage].update_count:
+                self.final_metrics[f"{SHORT_NAMES[split]}_acc"] = float(self.accuracy[stage].compute())
+                self.final_metrics[f"{SHORT_NAMES[split]}_loss"] = float(self.mean_loss[stage].compute())
+        if self.confusion.update_count:
+            self.test_report = per_class_report(self.confusion.compute().cpu(), self.class_names)
+
+    def teardown(self, stage: str) -> None:
+        if stage == "test" and self.cache is not None:
+            self.cache.clear()  # fit keeps it: the final evaluation reuses the train and val states
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["examples_seen"] = self.examples_seen
@@ -328,69 +233,3 @@ class GPTClassifier(L.LightningModule):
             optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def per_class_report(confusion: Tensor, class_names: list[str]) -> dict[str, dict[str, float]]:
-    """Precision, recall, F1 and support per class from a confusion matrix (rows: true class)."""
-    confusion = confusion.double()
-    hits, predicted, actual = confusion.diag(), confusion.sum(0), confusion.sum(1)
-    precision = torch.where(predicted > 0, hits / predicted.clamp(min=1), 0.0)
-    recall = torch.where(actual > 0, hits / actual.clamp(min=1), 0.0)
-    f1 = torch.where(
-        precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0
-    )
-    return {
-        name: {"precision": p, "recall": r, "f1": f, "support": int(n)}
-        for name, p, r, f, n in zip(
-            class_names, precision.tolist(), recall.tolist(), f1.tolist(), actual.tolist(), strict=True
-        )
-    }
-
-
-def warmup_cosine(
-    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.1, min_lr_ratio: float = 0.0
-) -> LambdaLR:
-    """Linear warmup over `warmup_fraction` of the steps, then cosine decay to `min_lr_ratio` x lr."""
-    warmup = max(1, int(total_steps * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return LambdaLR(optimizer, factor)
-
-
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A Lightning checkpoint, loaded safely (`weights_only=True`), or one clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise GPTClassifierError(f"checkpoint {path} not found")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for truncated or foreign files
-        raise GPTClassifierError(
-            f"checkpoint {path} is unreadable ({type(err).__name__}): it is corrupt, truncated or not a "
-            "gpt-classifier checkpoint; use another one (e.g. checkpoints/last.ckpt)"
-        ) from None
-    if (
-        not isinstance(checkpoint, dict)
-        or "hyper_parameters" not in checkpoint
-        or "state_dict" not in checkpoint
-    ):
-        raise GPTClassifierError(
-            f"checkpoint {path} has no model settings: it was not written by gpt-classifier"
-        )
-    return checkpoint
-
-
-def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> GPTClassifier:
-    """A trained `GPTClassifier` from its checkpoint alone (no Hub access, no other file)."""
-    checkpoint = read_checkpoint(path, map_location)
-    hparams = dict(checkpoint["hyper_parameters"])
-    hparams["model"] = {**hparams["model"], "weights": "random"}  # the checkpoint holds every weight
-    module = GPTClassifier(**hparams)
-    module.load_state_dict(checkpoint["state_dict"])
-    module.on_load_checkpoint(checkpoint)
-    return module.to(map_location).eval()

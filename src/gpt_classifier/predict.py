@@ -1,22 +1,19 @@
-"""Classify new texts with a trained checkpoint: `classify_review` as in the chapter, and batches."""
+"""Classify new texts with a trained classifier: `classify_review` as in the chapter, and batches."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tiktoken
 import torch
 from omegaconf import DictConfig
 
-from gpt_classifier.data import PadCollate
+from gpt_classifier.checkpoints import load_classifier
+from gpt_classifier.classifier import TextClassifier
+from gpt_classifier.encoding import encode_texts, pad_batch
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.finetune import merge_lora
-from gpt_classifier.module import GPTClassifier, load_classifier
-from gpt_classifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
-
-log = logging.getLogger(__name__)
+from gpt_classifier.tokenizer import get_tokenizer
 
 
 @dataclass
@@ -24,53 +21,63 @@ class Prediction:
     text: str
     label: str
     probability: float
+    probabilities: dict[str, float] = field(default_factory=dict)
 
 
 @torch.no_grad()
 def predict_texts(
     texts: list[str],
-    model: GPTClassifier,
-    tokenizer: tiktoken.Encoding,
-    device: str | torch.device,
+    classifier: TextClassifier,
+    tokenizer: tiktoken.Encoding | None = None,
+    device: str | torch.device = "cpu",
     max_length: int | None = None,
-    pad_token_id: int = PAD_TOKEN_ID,
     batch_size: int = 64,
+    threshold: float | None = None,
 ) -> list[Prediction]:
-    """Label and probability per text, in order; batched by similar length.
+    """Label and probabilities per text, in input order; batched by similar length.
 
-    Texts are truncated to `max_length` (default: the length the model was trained with). They are
-    padded as in training: to `max_length` when the model was trained that way (the book), otherwise
+    The label is the argmax, or for two classes the classifier's decision threshold (`threshold`
+    overrides it): the positive class when its probability is >= the threshold.
+
+    Texts are truncated to `max_length` (default: the length the classifier was trained with). They
+    are padded as in training: to `max_length` when it was trained that way (the book), otherwise
     only to the longest text of each batch.
     """
-    model.eval().to(device)
-    data = model.hparams["data"]
+    classifier.eval().to(device)
+    tokenizer = tokenizer or get_tokenizer()
     max_length = min(
-        max_length or data["max_length"] or model.model.cfg.context_length, model.model.cfg.context_length
+        max_length or classifier.max_length or classifier.context_length, classifier.context_length
     )
-    collate = PadCollate(pad_token_id, max_length if data["padding"] == "max_length" else None)
-    encoded = [ids[:max_length] for ids in tokenizer.encode_ordinary_batch(texts)]
+    width = max_length if classifier.padding == "max_length" else None
+    encoded = [ids or [classifier.pad_token_id] for ids in encode_texts(tokenizer, texts, max_length)]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     results: list[Prediction | None] = [None] * len(texts)
+    names = classifier.class_names
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        batch = collate([{"input_ids": encoded[i] or [pad_token_id], "label": 0, "index": i} for i in chunk])
-        probs = model(batch["input_ids"].to(device), batch["lengths"].to(device)).softmax(-1).float().cpu()
+        input_ids, lengths = pad_batch([encoded[i] for i in chunk], classifier.pad_token_id, width)
+        probs = classifier(input_ids.to(device), lengths.to(device)).softmax(-1).float().cpu()
+        decided = classifier.decide(probs, threshold).tolist()
         for row, i in enumerate(chunk):
-            best = int(probs[row].argmax())
-            results[i] = Prediction(texts[i], model.class_names[best], float(probs[row, best]))
+            best = decided[row]
+            results[i] = Prediction(
+                texts[i],
+                names[best],
+                float(probs[row, best]),
+                dict(zip(names, probs[row].tolist(), strict=True)),
+            )
     return results  # type: ignore[return-value]
 
 
 def classify_review(
     text: str,
-    model: GPTClassifier,
+    model: TextClassifier,
     tokenizer: tiktoken.Encoding,
     device: str | torch.device,
     max_length: int | None = None,
-    pad_token_id: int = PAD_TOKEN_ID,
 ) -> str:
     """The chapter's function: the class name of one text ("spam" / "not spam" for SMS)."""
-    return predict_texts([text], model, tokenizer, device, max_length, pad_token_id)[0].label
+    return predict_texts([text], model, tokenizer, device, max_length)[0].label
 
 
 def pick_device(name: str) -> torch.device:
@@ -93,11 +100,8 @@ def predict(cfg: DictConfig) -> list[Prediction]:
     else:
         texts = [str(cfg.text)]
     device = pick_device(cfg.device)
-    model = load_classifier(cfg.ckpt_path, map_location=device)
-    merge_lora(model.model)  # LoRA factors folded into plain weights: same outputs, less work
-    predictions = predict_texts(
-        texts, model, get_tokenizer(), device, cfg.max_length, batch_size=cfg.batch_size
-    )
+    classifier = load_classifier(cfg.ckpt_path, map_location=device)
+    predictions = predict_texts(texts, classifier, get_tokenizer(), device, cfg.max_length, cfg.batch_size)
     for p in predictions:
         print(f"{p.label}\t{p.probability:.4f}\t{p.text}", flush=True)
     return predictions

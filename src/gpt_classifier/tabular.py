@@ -6,13 +6,17 @@ option, and the fix. Rows are counted as in a spreadsheet: the header is row 1, 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
+from gpt_classifier.data import SPLITS, TextClassificationDataModule, write_csv_atomic
 from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -173,3 +177,87 @@ def check_classes_in_train(splits: dict[str, pd.DataFrame], source: str) -> None
                 f"{source}: class {sorted(map(str, absent))} appears in {name} but not in train: "
                 "add training examples of it"
             )
+
+
+class TabularDataModule(TextClassificationDataModule):
+    """Your own labelled texts with any number of classes.
+
+    Either one file (`path`), split by class into train/validation/test by `fractions` with `seed`,
+    or your own three files (`train_path`, `val_path`, `test_path`). CSV, TSV, JSONL or Parquet;
+    labels may be strings or integers. The classes, in order, are `class_names` when given, else
+    the sorted labels found; they are saved with the split and in every checkpoint.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        path: str | None = None,
+        train_path: str | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
+        text_column: str | int = "text",
+        label_column: str | int = "label",
+        header: bool = True,
+        class_names: Sequence[str | int] | None = None,
+        balance: bool = False,
+        fractions: Sequence[float] = (0.7, 0.1, 0.2),
+        seed: int = 123,
+        **kwargs,
+    ) -> None:
+        super().__init__(data_dir, class_names=[], **kwargs)
+        own_files = (train_path, val_path, test_path)
+        if (path is None) == all(p is None for p in own_files) or (path is None and None in own_files):
+            raise GPTClassifierError(
+                "set data.path=<file> to split one file, or all of data.train_path, data.val_path and "
+                "data.test_path to use your own splits"
+            )
+        self.path = path
+        self.split_paths = dict(zip(SPLITS, own_files, strict=True))
+        self.source_columns = (text_column, label_column)
+        self.header = header
+        self.class_names_option = list(class_names) if class_names is not None else None
+        self.balance = balance
+        self.fractions = list(fractions)
+        self.seed = seed
+
+    def prepare_data(self) -> None:
+        text_column, label_column = self.source_columns
+        if self.path is not None:
+            df = read_table(self.path, text_column, label_column, self.header)
+            names = class_order(df["Label"].tolist(), self.class_names_option, str(self.path))
+            if self.balance:
+                df = balance_classes(df, self.seed)
+            frames = dict(
+                zip(SPLITS, stratified_split(df, self.fractions, self.seed, str(self.path)), strict=True)
+            )
+        else:
+            frames = {
+                s: read_table(p, text_column, label_column, self.header) for s, p in self.split_paths.items()
+            }
+            labels = [label for df in frames.values() for label in df["Label"]]
+            names = class_order(labels, self.class_names_option, str(self.split_paths["train"]))
+            check_classes_in_train(frames, str(self.split_paths["train"]))
+            if self.balance:
+                frames["train"] = balance_classes(frames["train"], self.seed)
+        index = {name: i for i, name in enumerate(names)}
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for split, df in frames.items():
+            out = pd.DataFrame({"Label": df["Label"].map(index), "Text": df["Text"]})
+            write_csv_atomic(out, self.data_dir / f"{split}.csv")
+        classes = self.data_dir / "classes.json"
+        write_json_atomic([str(name) for name in names], classes)
+        counts = ", ".join(f"{split} {len(df)}" for split, df in frames.items())
+        log.info(
+            "%d classes (%s); rows: %s; written to %s",
+            len(names),
+            ", ".join(map(str, names)),
+            counts,
+            self.data_dir,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        classes = self.data_dir / "classes.json"
+        if not classes.is_file():
+            raise GPTClassifierError(f"{classes} not found: call prepare_data() first")
+        self.class_names = json.loads(classes.read_text())
+        super().setup(stage)

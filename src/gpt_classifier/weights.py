@@ -151,3 +151,12 @@ def load_pretrained(name_or_path: str | os.PathLike, cfg: GPTConfig | None = Non
     state = convert_hf_state_dict(read_safetensors(weights_file), model, str(weights_file))
     model.load_state_dict(state, assign=True)
     return model
+
+
+def build_backbone(model: dict) -> GPTModel:
+    """A `GPTModel` from a model config: `weights` is `pretrained` (by `name`), `random`, or a folder."""
+    cfg = GPTConfig(**{k: v for k, v in model.items() if k not in ("name", "weights")})
+    weights = str(model.get("weights", "random"))
+    if weights == "random":
+        return GPTModel(cfg)
+    return load_pretrained(model["name"] if weights == "pretrained" else weights, cfg)

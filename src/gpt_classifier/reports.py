@@ -1,4 +1,7 @@
-"""Sweep summaries: one row per run of a Hydra multirun, best validation accuracy first."""
+"""Reports: the book's loss and accuracy figures, the per-class report and confusion matrix, sweep tables.
+
+matplotlib is imported by the functions that draw, so importing this module costs nothing at start-up.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,97 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from torch import Tensor
+
+from gpt_classifier.files import replace_atomically, write_text_atomic
 
 log = logging.getLogger(__name__)
+
+
+def per_class_report(confusion: Tensor, class_names: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per class from a confusion matrix (rows: true class)."""
+    confusion = confusion.double()
+    hits, predicted, actual = confusion.diag(), confusion.sum(0), confusion.sum(1)
+    precision = torch.where(predicted > 0, hits / predicted.clamp(min=1), 0.0)
+    recall = torch.where(actual > 0, hits / actual.clamp(min=1), 0.0)
+    f1 = torch.where(
+        precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0
+    )
+    return {
+        name: {"precision": p, "recall": r, "f1": f, "support": int(n)}
+        for name, p, r, f, n in zip(
+            class_names, precision.tolist(), recall.tolist(), f1.tolist(), actual.tolist(), strict=True
+        )
+    }
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot, drawing to files only (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(history: list[dict], out_dir: Path) -> list[Path]:
+    """Write `loss.png` and `accuracy.png` from per-epoch rows; returns the files written."""
+    if not history:
+        return []
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [row["epoch"] for row in history]
+    seen = [row["examples_seen"] for row in history]
+    written = []
+    for key, label, name in (("loss", "Loss", "loss.png"), ("acc", "Accuracy", "accuracy.png")):
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.plot(epochs, [row[f"train_{key}"] for row in history], marker="o", label=f"Training {key}")
+        ax.plot(
+            epochs,
+            [row[f"val_{key}"] for row in history],
+            marker="o",
+            linestyle="-.",
+            label=f"Validation {key}",
+        )
+        ax.set_xlabel("Epochs")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.legend()
+        top = ax.twiny()  # a second x-axis in examples seen, aligned with the epochs
+        top.plot(seen, [row[f"train_{key}"] for row in history], alpha=0)
+        top.set_xlabel("Examples seen")
+        fig.tight_layout()
+        written.append(save_atomic(fig, out_dir / name))
+        plt.close(fig)
+    return written
+
+
+def save_atomic(fig: Any, path: Path) -> Path:
+    """Save a figure under a temporary name first, so a crash never leaves half an image."""
+    replace_atomically(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".")))
+    return path
+
+
+def plot_confusion(confusion: Any, class_names: list[str], out_dir: Path) -> tuple[Path, Any]:
+    """Write `confusion_matrix.png` from a torchmetrics confusion matrix.
+
+    Returns the file and the open figure (for TensorBoard); release it with `close`.
+    """
+    pyplot()
+    fig, ax = confusion.plot(labels=class_names)
+    ax.set_title("Test split (best checkpoint)")
+    return save_atomic(fig, out_dir / "confusion_matrix.png"), fig
+
+
+def close(fig: Any) -> None:
+    pyplot().close(fig)
+
 
 METRIC_COLUMNS = [
     "train_acc",
@@ -70,11 +159,11 @@ def summarize(sweep_dir: Path) -> pd.DataFrame:
     table = table.drop(columns="_ok").reset_index(drop=True)
     table.insert(0, "rank", range(1, len(table) + 1))
     table.insert(1, "best", ["best" if i == 0 and ok else "" for i, ok in enumerate(table["status"] == "ok")])
-    table.to_csv(sweep_dir / "summary.csv", index=False)
+    write_text_atomic(table.to_csv(index=False), sweep_dir / "summary.csv")
     header = f"Sweep {sweep_dir}; every run: {' '.join(sorted(common)) or '(no shared overrides)'}\n\n"
     header += best_line(table, sweep_dir)
     body = display(table).to_markdown(index=False)
-    (sweep_dir / "summary.md").write_text(header + body + "\n")
+    write_text_atomic(header + body + "\n", sweep_dir / "summary.md")
     return table
 
 

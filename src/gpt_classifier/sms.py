@@ -1,0 +1,112 @@
+"""The chapter's data: the UCI SMS Spam Collection, downloaded, balanced and split 70/10/20 as in the book."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import urllib.error
+import zipfile
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+
+import pandas as pd
+
+from gpt_classifier.data import SPLITS, TextClassificationDataModule, write_csv_atomic
+from gpt_classifier.download import default_cache_dir, download, sha256_of
+from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.files import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+SMS_URLS = (
+    "https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+    "https://f001.backblazeb2.com/file/LLMs-from-scratch/sms%2Bspam%2Bcollection.zip",
+)
+SMS_SHA256 = "1587ea43e58e82b14ff1f5425c88e17f8496bfcdb67a583dbff9eefaf9963ce3"
+SMS_ZIP = "sms_spam_collection.zip"
+
+
+def fetch_sms_zip(urls: Sequence[str], cache_dir: Path) -> Path:
+    """The verified UCI zip: cached, else downloaded, else the copy shipped with the package."""
+    dest = cache_dir / SMS_ZIP
+    if dest.is_file() and sha256_of(dest) == SMS_SHA256:
+        return dest
+    for url in urls:
+        try:
+            return download(url, dest, SMS_SHA256)
+        except (urllib.error.URLError, OSError, GPTClassifierError) as err:
+            log.info("download from %s failed: %s", url, getattr(err, "reason", err))
+    bundled = Path(str(files("gpt_classifier") / "assets" / SMS_ZIP))
+    log.warning("SMS Spam Collection not reachable online; using the copy shipped with gpt-classifier")
+    return bundled
+
+
+def read_sms_collection(zip_path: Path) -> pd.DataFrame:
+    """The `SMSSpamCollection` TSV inside the UCI zip, read with pandas defaults as the book does."""
+    with zipfile.ZipFile(zip_path) as archive:
+        raw = archive.read("SMSSpamCollection")
+    return pd.read_csv(io.BytesIO(raw), sep="\t", header=None, names=["Label", "Text"])
+
+
+def balance_and_split(df: pd.DataFrame, seed: int = 123) -> dict[str, pd.DataFrame]:
+    """Chapter 6's recipe: undersample ham to the spam count, shuffle, cut 70/10/20."""
+    spam = df[df["Label"] == "spam"]
+    ham = df[df["Label"] == "ham"].sample(len(spam), random_state=seed)
+    balanced = pd.concat([ham, spam])
+    balanced["Label"] = balanced["Label"].map({"ham": 0, "spam": 1})
+    shuffled = balanced.sample(frac=1, random_state=seed).reset_index(drop=True)
+    train_end = int(len(shuffled) * 0.7)
+    val_end = train_end + int(len(shuffled) * 0.1)
+    parts = (shuffled[:train_end], shuffled[train_end:val_end], shuffled[val_end:])
+    return dict(zip(SPLITS, parts, strict=True))
+
+
+class SpamDataModule(TextClassificationDataModule):
+    """The UCI SMS Spam Collection, balanced and split 70/10/20 exactly as in chapter 6."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike = "data/sms_spam",
+        urls: Sequence[str] = SMS_URLS,
+        cache_dir: str | os.PathLike | None = None,
+        seed: int = 123,
+        **kwargs,
+    ) -> None:
+        super().__init__(data_dir, class_names=["not spam", "spam"], **kwargs)
+        self.urls = list(urls)
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.seed = seed
+
+    def prepare_data(self) -> None:
+        stamp = {"source_sha256": SMS_SHA256, "seed": self.seed}
+        stamp_file = self.data_dir / "split.json"
+        if self._split_is_current(stamp_file, stamp):
+            return
+        df = read_sms_collection(fetch_sms_zip(self.urls, self.cache_dir))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        parts = balance_and_split(df, self.seed)
+        for split, part in parts.items():
+            write_csv_atomic(part, self.data_dir / f"{split}.csv")
+        stamp["rows"] = {split: len(part) for split, part in parts.items()}
+        stamp["sha256"] = {split: sha256_of(self.data_dir / f"{split}.csv") for split in SPLITS}
+        write_json_atomic(stamp, stamp_file)
+        log.info(
+            "wrote %s to %s",
+            ", ".join(f"{s}.csv ({n} rows)" for s, n in stamp["rows"].items()),
+            self.data_dir,
+        )
+
+    def _split_is_current(self, stamp_file: Path, stamp: dict) -> bool:
+        """Reuse the CSVs only if they come from the same archive and seed and are unchanged."""
+        try:
+            saved = json.loads(stamp_file.read_text())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(saved, dict) or {k: saved.get(k) for k in stamp} != stamp:
+            return False
+        hashes = saved.get("sha256") or {}
+        paths = {split: self.data_dir / f"{split}.csv" for split in SPLITS}
+        return all(path.is_file() and sha256_of(path) == hashes.get(split) for split, path in paths.items())
