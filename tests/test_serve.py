@@ -28,6 +28,7 @@ from gpt_classifier.checkpoints import load_classifier
 from gpt_classifier.files import replace_atomically
 from gpt_classifier.module import GPTClassifier
 from gpt_classifier.predict import predict_texts
+from gpt_classifier.serve import listen
 from gpt_classifier.sms import SpamDataModule
 from gpt_classifier.tokenizer import get_tokenizer
 
@@ -175,6 +176,7 @@ BIG_BODY = json.dumps({"texts": ["x" * 1000] * 1100}).encode()  # 1.1 MB
         (b'{"texts": ["unclosed"', 400, "body is not valid JSON"),
         (b"\xff\xfe\x00", 400, "body is not valid JSON"),
         (b"", 400, "body is not valid JSON"),
+        (b"[" * 100_000, 400, "body is not valid JSON"),  # too deep for Python's parser
         (b'["a list"]', 422, "body is a list"),
         (b"{}", 422, "no texts"),
         (b'{"txt": "hello"}', 422, "unknown key 'txt'"),
@@ -265,6 +267,16 @@ def test_a_burst_of_concurrent_clients_is_batched_without_errors(server, texts, 
     assert sum(sizes.values()) == after["batches"] - before["batches"] < 800  # passes were shared
     assert 1 < max(sizes) <= 32  # --max-batch-size
     assert after["errors"] == before["errors"]
+
+
+def test_the_listening_socket_is_tcp():
+    """IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only then, and without it every answer on a
+    keep-alive connection waits ~40 ms for a delayed ACK (Nagle)."""
+    sock = listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
 
 
 @pytest.fixture(scope="module")

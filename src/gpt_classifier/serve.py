@@ -64,7 +64,8 @@ class CheckpointPredictor:
 
 
 def load_model(path: str | Path, device_name: str = "cpu") -> Predictor:
-    """The model behind the server (the one place to change for other model files)."""
+    """The model behind the server: the one place to change for other model files (`.onnx` once
+    `predict.load_predictor` exists, which has this protocol)."""
     try:
         device = pick_device(device_name)
     except RuntimeError:
@@ -100,7 +101,7 @@ def parse_texts(body: bytes, max_texts: int) -> list[str]:
     """The texts of a `/predict` body, or an HTTPException naming what is wrong and how to fix it."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise HTTPException(400, f"body is not valid JSON ({err}): {USAGE}") from None
     if not isinstance(data, dict):
         raise HTTPException(422, f"body is {JSON_TYPES.get(type(data), 'not an object')}: {USAGE}")
@@ -237,10 +238,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def listen(host: str, port: int) -> socket.socket:
     """A listening socket, or a clear error when the address is taken or not this machine's."""
     try:
-        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)  # proto IPPROTO_TCP: asyncio then sets TCP_NODELAY
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(info[4])
+        sock.bind(address)
     except OSError as err:
         raise GPTClassifierError(
             f"cannot listen on {host}:{port} ({err.strerror or err}): pass another --port or --host"
