@@ -73,7 +73,8 @@ class TrunkCache:
         self.start_block = start_block
         self.chunk_tokens = chunk_tokens
         self.splits: dict[str, CachedSplit] = {}
-        self.build_seconds = 0.0  # all builds so far, cleared splits included: the run's cache pass
+        # All builds so far, cleared splits included (the run's cache pass): wall and CPU seconds.
+        self.build_seconds = self.build_cpu_seconds = 0.0
 
     @staticmethod
     def problem(classifier: TextClassifier, start_block: int) -> str | None:
@@ -109,7 +110,7 @@ class TrunkCache:
         computed only up to what the tail reads, sorted by length and packed about `chunk_tokens`
         tokens at a time (`Packing`: no work on padding).
         """
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         classifier, model = self.classifier, self.classifier.model
         device = next(model.parameters()).device
         lengths = torch.tensor([len(ids) for ids in token_ids])
@@ -144,6 +145,7 @@ class TrunkCache:
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the pass ends when its kernels do
         self.build_seconds += time.perf_counter() - started
+        self.build_cpu_seconds += time.process_time() - started_cpu
         log.info(
             "cached the frozen blocks 0-%d for %d %s examples: %.1f MB of hidden states (%d positions) "
             "in %.1f s",
