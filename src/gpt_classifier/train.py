@@ -42,7 +42,8 @@ def check_config(cfg: DictConfig) -> None:
 def make_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    plugins = [AtomicCheckpointIO()]  # a run killed mid-write never leaves a truncated .ckpt
+    # A run killed mid-write never leaves a truncated .ckpt; async_checkpoints: written in the background.
+    plugins = [AtomicCheckpointIO(background=bool(cfg.get("async_checkpoints")))]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 
