@@ -8,10 +8,13 @@ Modes (book settings otherwise: 5 epochs, batch 8, AdamW 5e-5, last_block, rando
 Each mode runs `train.py` in its own process (so peak RSS is its own) and reports wall seconds,
 CPU seconds (user + system, which other load on the machine barely changes), training tokens/s
 (real tokens), peak RSS, final accuracies, FLOPs and their floor at this machine's measured fp32
-matmul rate. It then times batched prediction against one-at-a-time.
+matmul rate, and each run's per-phase seconds (`gpt_classifier.phases.PhaseTimer`: start-up,
+cache pass, training steps, validation, checkpoints, final evaluation, reports; wall and CPU).
+It then times batched prediction against one-at-a-time.
 
     python bench/finetune_speed.py                       # everything, ~25 min on 2 cores
     python bench/finetune_speed.py --modes b,c --epochs 1 --out bench.json
+    python bench/finetune_speed.py --trainer gpu --no-predict       # on a GPU (bench/gpu_check.sh)
 """
 
 from __future__ import annotations
