@@ -8,10 +8,13 @@ Modes (book settings otherwise: 5 epochs, batch 8, AdamW 5e-5, last_block, rando
 Each mode runs `train.py` in its own process (so peak RSS is its own) and reports wall seconds,
 CPU seconds (user + system, which other load on the machine barely changes), training tokens/s
 (real tokens), peak RSS, final accuracies, FLOPs and their floor at this machine's measured fp32
-matmul rate. It then times batched prediction against one-at-a-time.
+matmul rate, and each run's per-phase seconds (`gpt_classifier.phases.PhaseTimer`: start-up,
+cache pass, training steps, validation, checkpoints, final evaluation, reports; wall and CPU).
+It then times batched prediction against one-at-a-time.
 
     python bench/finetune_speed.py                       # everything, ~25 min on 2 cores
     python bench/finetune_speed.py --modes b,c --epochs 1 --out bench.json
+    python bench/finetune_speed.py --trainer gpu --no-predict       # on a GPU (bench/gpu_check.sh)
 """
 
 from __future__ import annotations
@@ -47,6 +50,15 @@ MODES = {
         "classifier.read_positions_only=true",
     ],
 }
+PHASE_NAMES = {  # phases.json keys (gpt_classifier.phases.PHASES) and their column headers
+    "startup": "start-up",
+    "cache": "cache pass",
+    "training": "training steps",
+    "validation": "validation",
+    "checkpoints": "checkpoints",
+    "final_evaluation": "final evaluation",
+    "reports": "reports",
+}
 DESCRIPTIONS = {
     "a": "book computation (pad 120, no cache, all positions)",
     "b": "cache + read position only, pad 120 (book-exact)",
@@ -54,14 +66,17 @@ DESCRIPTIONS = {
 }
 
 
-def matmul_gflops(size: int = 2048, seconds: float = 3.0) -> float:
-    """Sustained fp32 matmul rate of this machine, in GFLOP/s."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_gflops(size: int = 2048, seconds: float = 3.0, device: str = "cpu") -> float:
+    """Sustained matmul rate of this machine (fp32 on the CPU, bf16 on a GPU), in GFLOP/s."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     a @ b
     runs, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         a @ b
         runs += 1
+        if device == "cuda":
+            torch.cuda.synchronize()
     return 2 * size**3 * runs / (time.perf_counter() - started) / 1e9
 
 
@@ -110,11 +125,14 @@ def run_mode(mode: str, args: argparse.Namespace, out_dir: Path) -> dict:
         "model.weights=random",
         f"finetune={args.policy}",
         f"trainer.max_epochs={args.epochs}",
-        "trainer=cpu",
+        f"trainer={args.trainer}",
         "logger=none",
         "callbacks.progress_bar.refresh_rate=0",
+        "+callbacks.phase_timer._target_=gpt_classifier.phases.PhaseTimer",  # writes phases.json
+        f"data.data_dir={args.data_dir}",
         f"hydra.run.dir={run_dir}",
         *MODES[mode],
+        *args.override,
     ]
     print(f"[{mode}] {DESCRIPTIONS[mode]}", flush=True)
     started = time.perf_counter()
@@ -125,6 +143,7 @@ def run_mode(mode: str, args: argparse.Namespace, out_dir: Path) -> dict:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"mode {mode} failed: see {out_dir / f'{mode}.log'}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["phases"] = json.loads((run_dir / "phases.json").read_text())
     cpu = usage.ru_utime + usage.ru_stime  # robust to other load on the machine, unlike wall time
     return {
         "wall_seconds": wall,
@@ -157,6 +176,20 @@ def prediction_speed(checkpoint: Path, book_checkpoint: Path | None, texts: list
     return result
 
 
+def phase_table(results: dict) -> list[str]:
+    """Per-phase wall seconds (CPU seconds in brackets) of each mode, from the runs' phases.json."""
+    rows = [
+        "| mode | " + " | ".join(PHASE_NAMES.values()) + " | total | to first batch |",
+        "|---|" + "---:|" * (len(PHASE_NAMES) + 2),
+    ]
+    for mode in (m for m in ("a", "b", "c") if m in results):
+        p = results[mode]["phases"]
+        cells = [f"{p['wall'][k]:.1f} ({p['cpu'][k]:.1f})" for k in PHASE_NAMES]
+        total = f"{p['total_wall']:.1f} ({p['total_cpu']:.1f})"
+        rows.append(f"| {mode} | " + " | ".join(cells) + f" | {total} | {p['to_first_batch']:.1f} |")
+    return rows
+
+
 def markdown(results: dict, gflops: float) -> str:
     rows = [
         "| mode | what | wall s | CPU s | train tokens/s | peak RSS MB | train / val / test acc % | TFLOP | "
@@ -177,7 +210,8 @@ def markdown(results: dict, gflops: float) -> str:
             f"{r['floor_seconds']:.0f} | {r['wall_seconds'] / r['floor_seconds']:.2f} | {speedup} | "
             f"{cpu_speedup} |"
         )
-    rows.append(f"\nfp32 matmul rate (2048^3): {gflops:.0f} GFLOP/s")
+    rows += ["", *phase_table(results)]
+    rows.append(f"\nmatmul rate (2048^3): {gflops:.0f} GFLOP/s")
     if "predict" in results:
         p = results["predict"]
         line = f"prediction ({p['messages']} test messages): batched {p['batched_msgs_per_s']:.1f} msg/s"
@@ -203,6 +237,12 @@ def main() -> None:
     parser.add_argument("--no-predict", action="store_true", help="skip the prediction benchmark")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("--dir", type=Path, default=ROOT / "outputs" / "bench", help="run folders and logs")
+    parser.add_argument("--trainer", default="cpu", help="trainer config (conf/trainer): cpu, gpu, ...")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "data" / "sms_spam", help="the SMS split")
+    parser.add_argument("--matmul-seconds", type=float, default=3.0, help="how long to time the matmul rate")
+    parser.add_argument(
+        "--override", action="append", default=[], help="one more train.py override (repeatable)"
+    )
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     unknown = set(modes) - set(MODES)
@@ -215,14 +255,15 @@ def main() -> None:
     from gpt_classifier.sms import SpamDataModule
 
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml"))
-    data = SpamDataModule(data_dir=ROOT / "data" / "sms_spam")
+    data = SpamDataModule(data_dir=args.data_dir)
     data.prepare_data()
     data.setup()
     lengths = {split: ds.lengths for split, ds in data.datasets.items()}
     real_train_tokens = sum(lengths["train"][: len(lengths["train"]) // 8 * 8])
 
-    gflops = matmul_gflops()
-    print(f"fp32 matmul: {gflops:.0f} GFLOP/s", flush=True)
+    device = "cuda" if args.trainer in ("gpu", "ddp", "fsdp") and torch.cuda.is_available() else "cpu"
+    gflops = matmul_gflops(seconds=args.matmul_seconds, device=device)
+    print(f"matmul ({device}): {gflops:.0f} GFLOP/s", flush=True)
     results: dict = {}
     for mode in modes:
         r = run_mode(mode, args, args.dir)
@@ -237,10 +278,11 @@ def main() -> None:
         results["predict"] = prediction_speed(
             Path(results["c"]["run_dir"]) / "checkpoints" / "last.ckpt", book, test_texts
         )
-    gflops = max(gflops, matmul_gflops())  # the machine's rate: the better of before and after
+    gflops = max(gflops, matmul_gflops(seconds=args.matmul_seconds, device=device))  # the better of the two
     for r in (results[m] for m in modes):
         r["floor_seconds"] = r["flops"] / (gflops * 1e9)
     results["matmul_gflops"] = gflops
+    results["matmul_device"] = device
     table = markdown(results, gflops)
     print("\n" + table)
     if args.out:

@@ -52,21 +52,32 @@ def crash(sms_split_dir, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("elsewhere")
     uninterrupted = start_cli(TRAIN_PY, command(sms_split_dir, root / "c"), cwd)
     killed = start_cli(TRAIN_PY, command(sms_split_dir, root / "a"), cwd)
-    last = root / "a" / "checkpoints" / "last.ckpt"
+    # the same with checkpoints written in the background: killed at once after its first checkpoint
+    killed_async = start_cli(TRAIN_PY, command(sms_split_dir, root / "aa", "async_checkpoints=true"), cwd)
+    running = {"a": killed, "aa": killed_async}
     deadline = time.monotonic() + 240
-    while not last.exists() and killed[1].poll() is None and time.monotonic() < deadline:
+    while running and time.monotonic() < deadline:
+        for name, run in list(running.items()):
+            if (root / name / "checkpoints" / "last.ckpt").exists() or run[1].poll() is not None:
+                run[1].send_signal(signal.SIGKILL)  # now in the second epoch or its validation
+                del running[name]
         time.sleep(0.02)
-    killed[1].send_signal(signal.SIGKILL)  # now in the second epoch or its validation
-    runs = {"a": finish_cli(killed)}
+    runs = {"a": finish_cli(killed), "aa": finish_cli(killed_async)}
+    last = root / "a" / "checkpoints" / "last.ckpt"
+    last_async = root / "aa" / "checkpoints" / "last.ckpt"
 
     truncated = root / "truncated.ckpt"
     data = last.read_bytes()
     truncated.write_bytes(data[: len(data) // 2])  # what a non-atomic write leaves when killed
     resumed = start_cli(TRAIN_PY, command(sms_split_dir, root / "b", f"ckpt_path={last}"), cwd)
     broken = start_cli(TRAIN_PY, command(sms_split_dir, root / "t", f"ckpt_path={truncated}"), cwd)
+    async_resume = command(sms_split_dir, root / "ba", "async_checkpoints=true", f"ckpt_path={last_async}")
+    resumed_async = start_cli(TRAIN_PY, async_resume, cwd)
     runs.update(b=finish_cli(resumed), c=finish_cli(uninterrupted), truncated=finish_cli(broken))
+    runs.update(ba=finish_cli(resumed_async))
     assert runs["a"].returncode == -signal.SIGKILL, runs["a"]
-    for name in ("b", "c"):
+    assert runs["aa"].returncode == -signal.SIGKILL, runs["aa"]
+    for name in ("b", "c", "ba"):
         assert runs[name].returncode == 0, runs[name]
         assert "Traceback" not in runs[name].stderr, runs[name]
     return root, runs
@@ -79,25 +90,27 @@ def test_killed_run_left_a_complete_checkpoint_and_no_result(crash):
     assert last["epoch"] < EPOCHS - 1
 
 
-def test_resumed_run_equals_the_uninterrupted_run(crash):
+@pytest.mark.parametrize("resumed_run", ["b", "ba"])  # ba: checkpoints written in the background
+def test_resumed_run_equals_the_uninterrupted_run(crash, resumed_run):
     root, _ = crash
-    resumed = json.loads((root / "b" / "metrics.json").read_text())
+    resumed = json.loads((root / resumed_run / "metrics.json").read_text())
     uninterrupted = json.loads((root / "c" / "metrics.json").read_text())
     for key in METRIC_KEYS:
         assert resumed[key] == pytest.approx(uninterrupted[key], abs=1e-6), key
     assert resumed["examples_seen"] == uninterrupted["examples_seen"]
-    history = [read_checkpoint(root / run / "checkpoints" / "last.ckpt")["history"] for run in "bc"]
+    runs = (resumed_run, "c")
+    history = [read_checkpoint(root / run / "checkpoints" / "last.ckpt")["history"] for run in runs]
     assert [row["epoch"] for row in history[0]] == list(range(1, EPOCHS + 1))
     for resumed_row, uninterrupted_row in zip(*history, strict=True):  # per-epoch curves
         assert resumed_row == pytest.approx(uninterrupted_row, abs=1e-6)
     # the best checkpoint is the same epoch with the same score, inside the resumed run's own folder
-    best = [sorted(p.name for p in (root / run / "checkpoints").glob("epoch*.ckpt")) for run in "bc"]
+    best = [sorted(p.name for p in (root / run / "checkpoints").glob("epoch*.ckpt")) for run in runs]
     assert best[0] == best[1] and len(best[0]) == 1
 
 
 def test_runs_leave_no_temporary_files(crash):
     root, _ = crash
-    for run in "bc":
+    for run in ("b", "c", "ba"):
         assert temporary_files(root / run / "checkpoints") == []
         assert temporary_files(root / run) == [".hydra"]
 

@@ -12,11 +12,12 @@ example indices; it knows nothing of data modules.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn.utils.rnn import pad_sequence
 
 from gpt_classifier.classifier import TextClassifier
 from gpt_classifier.encoding import pad_batch
@@ -46,15 +47,17 @@ class CachedSplit:
         self.states, self.read_pos, self.lengths = states, read_pos, lengths
         self.needed = torch.tensor([len(s) for s in states])
 
-    def batch(self, index: Tensor, device: torch.device) -> dict[str, Tensor]:
-        """Hidden states `[B, max needed, D]` (zero-padded at the end) and the tail's other inputs."""
+    def batch(self, index: Tensor, device: torch.device) -> dict[str, Any]:
+        """The examples' states as packed rows `[sum needed, D]` (the layout `Packing` computes on, so
+        nothing is padded and packed again), their `Packing`, and the tail's other inputs."""
         index = index.cpu()
-        x = pad_sequence([self.states[i] for i in index.tolist()], batch_first=True)
+        rows = torch.cat([self.states[i] for i in index.tolist()])
+        needed = self.needed[index]
         return {
-            "x": x.to(device),
-            "read_pos": self.read_pos[index].to(device),
-            "lengths": self.lengths[index].to(device),
-            "needed": self.needed[index].to(device),
+            "rows": rows.to(device, non_blocking=True),
+            "packing": Packing(needed, int(needed.max())).to(device),  # built on the CPU: no device sync
+            "read_pos": self.read_pos[index].to(device, non_blocking=True),
+            "lengths": self.lengths[index].to(device, non_blocking=True),
         }
 
     @property
@@ -70,6 +73,8 @@ class TrunkCache:
         self.start_block = start_block
         self.chunk_tokens = chunk_tokens
         self.splits: dict[str, CachedSplit] = {}
+        # All builds so far, cleared splits included (the run's cache pass): wall and CPU seconds.
+        self.build_seconds = self.build_cpu_seconds = 0.0
 
     @staticmethod
     def problem(classifier: TextClassifier, start_block: int) -> str | None:
@@ -90,7 +95,7 @@ class TrunkCache:
     def __contains__(self, split: str) -> bool:
         return split in self.splits
 
-    def batch(self, split: str, index: Tensor, device: torch.device) -> dict[str, Tensor]:
+    def batch(self, split: str, index: Tensor, device: torch.device) -> dict[str, Any]:
         """The tail's inputs for the examples `index` of a split built with `build`."""
         return self.splits[split].batch(index, device)
 
@@ -105,6 +110,7 @@ class TrunkCache:
         computed only up to what the tail reads, sorted by length and packed about `chunk_tokens`
         tokens at a time (`Packing`: no work on padding).
         """
+        started, started_cpu = time.perf_counter(), time.process_time()
         classifier, model = self.classifier, self.classifier.model
         device = next(model.parameters()).device
         lengths = torch.tensor([len(ids) for ids in token_ids])
@@ -136,11 +142,17 @@ class TrunkCache:
             states[i] = state
         read_pos = torch.zeros_like(reads) if single_position else reads
         cached = self.splits[split] = CachedSplit(states, read_pos, lengths)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the pass ends when its kernels do
+        self.build_seconds += time.perf_counter() - started
+        self.build_cpu_seconds += time.process_time() - started_cpu
         log.info(
-            "cached the frozen blocks 0-%d for %d %s examples: %.1f MB of hidden states (%d positions)",
+            "cached the frozen blocks 0-%d for %d %s examples: %.1f MB of hidden states (%d positions) "
+            "in %.1f s",
             self.start_block - 1,
             len(states),
             split,
             cached.nbytes / 2**20,
             sum(stored),
+            time.perf_counter() - started,
         )

@@ -13,6 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,6 +26,7 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from gpt_classifier.files import replace_atomically, temporary_path
 
@@ -35,25 +39,83 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     can be a non-atomic copy across filesystems. Remote paths (s3://, ...) still go through Lightning.
     A checkpoint of the same epoch and step as the one just written holds the same training state:
     it becomes a hard link to that file instead of a second copy of the model.
+
+    `background=True` (`async_checkpoints=true`) takes a copy of the checkpoint's tensors and writes
+    it in one background thread while training goes on: still atomic, and the writes, links and
+    removals run in the order they were asked for, so a link never points at a file still being
+    written and a removal never overtakes a write. (Lightning's `AsyncCheckpointIO` removes at once,
+    before the writes queued ahead of it.) `teardown`, at the end of `fit`, waits for them, and an
+    error in the background is raised at the next save or at `teardown`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, background: bool = False) -> None:
         super().__init__()
-        self.previous: tuple[tuple[int, int], str] | None = None  # (epoch, step) and file last written
+        self.previous: tuple[tuple[int, int], str] | None = None  # (epoch, step) and file last saved
+        self.background = background
+        self.writer: ThreadPoolExecutor | None = None
+        self.error: BaseException | None = None
+        self.write_seconds = 0.0  # time spent writing files, in the background or not
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
         if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
-            super().save_checkpoint(checkpoint, path, storage_options)
+            self._in_order(super().save_checkpoint, checkpoint, path, storage_options)
             return
         target = os.fspath(path).removeprefix("file://")
         state = (checkpoint.get("epoch", -1), checkpoint.get("global_step", -1))
-        if self.previous and self.previous[0] == state and os.path.isfile(self.previous[1]):
-            link_or_copy(self.previous[1], target)
+        if self.previous and self.previous[0] == state:
+            kept = None if self.background else checkpoint  # the background writer has no copy to spare
+            self._in_order(self._link_or_write, self.previous[1], target, kept)
         else:
-            replace_atomically(Path(target), lambda f: torch.save(checkpoint, f))
+            if self.background:  # a snapshot: training changes the parameters and optimizer state in place
+                checkpoint = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
+            self._in_order(self._write, checkpoint, target)
         self.previous = (state, target)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        self._in_order(super().remove_checkpoint, path)
+
+    def teardown(self) -> None:
+        """Wait for the background writes; raise the first error one of them met."""
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)
+            self.writer = None
+        self._raise_error()
+
+    def _in_order(self, work: Callable[..., None], *args: Any) -> None:
+        """Run `work` now, or in the background writer after everything queued before it."""
+        if not self.background:
+            work(*args)
+            return
+        self._raise_error()
+        if self.writer is None:
+            self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self.writer.submit(self._catching, work, *args)
+
+    def _catching(self, work: Callable[..., None], *args: Any) -> None:
+        try:
+            work(*args)
+        except BaseException as error:  # raised again on the training thread
+            self.error = self.error or error
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def _write(self, checkpoint: dict[str, Any], target: str) -> None:
+        started = time.perf_counter()
+        replace_atomically(Path(target), lambda f: torch.save(checkpoint, f))
+        self.write_seconds += time.perf_counter() - started
+
+    def _link_or_write(self, source: str, target: str, checkpoint: dict[str, Any] | None) -> None:
+        """`target` as a link to `source`, written at the same training step; or written anew if
+        `source` is gone (the checkpoint is there then, unless this runs in the background)."""
+        if os.path.isfile(source) or checkpoint is None:
+            link_or_copy(source, target)
+        else:
+            self._write(checkpoint, target)
 
 
 def _copy_into(source: str, target: BinaryIO) -> None:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.finetune import apply_policy
-from gpt_classifier.model import GPTModel
+from gpt_classifier.model import GPTModel, Packing
 from gpt_classifier.tokenizer import PAD_TOKEN_ID
 from gpt_classifier.weights import build_backbone
 
@@ -127,6 +127,18 @@ class TextClassifier(nn.Module):
         pooled = {"mean_over": lengths} if self.reading.pooling == "mean" else {"read_pos": read_pos}
         prefix = needed if self.read_positions_only else None
         return self.model.classify(x, start_block=start_block, prefix=prefix, **pooled)
+
+    def logits_from_rows(
+        self, rows: Tensor, packing: Packing, *, read_pos: Tensor, lengths: Tensor, start_block: int = 0
+    ) -> Tensor:
+        """Logits from packed hidden states (the cache's layout: `packing.lengths` rows per example)."""
+        if not self.read_positions_only:  # the book's computation needs the padded layout
+            x = packing.unpack(rows)
+            return self.logits_from(
+                x, read_pos=read_pos, lengths=lengths, needed=packing.lengths, start_block=start_block
+            )
+        pooled = {"mean_over": lengths} if self.reading.pooling == "mean" else {"read_pos": read_pos}
+        return self.model.classify_rows(rows, packing, start_block=start_block, **pooled)
 
     @property
     def context_length(self) -> int:

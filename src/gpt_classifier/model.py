@@ -12,6 +12,7 @@ reuses a cached frozen trunk.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 
 import torch
@@ -51,6 +52,14 @@ class Packing:
         self.full = bool(mask.all())
         self.index = mask.flatten().nonzero().squeeze(1)
         self.starts = lengths.cumsum(0) - lengths
+
+    def to(self, device: torch.device | str) -> Packing:
+        """The same packing with its index tensors on `device` (build it where the lengths are)."""
+        moved = copy.copy(self)
+        moved.lengths, moved.index, moved.starts = (
+            t.to(device, non_blocking=True) for t in (self.lengths, self.index, self.starts)
+        )
+        return moved
 
     def pack(self, x: Tensor) -> Tensor:
         """`[B, T, ...]` to the computed rows `[N, ...]`."""
@@ -204,7 +213,22 @@ class GPTModel(nn.Module):
                 return masked_mean(logits, mean_over)
             return logits[torch.arange(len(logits), device=x.device), read_pos]
         packing = Packing(prefix, x.shape[1])
-        rows = packing.pack(x)
+        return self.classify_rows(
+            packing.pack(x), packing, start_block=start_block, read_pos=read_pos, mean_over=mean_over
+        )
+
+    def classify_rows(
+        self,
+        rows: Tensor,
+        packing: Packing,
+        *,
+        start_block: int = 0,
+        read_pos: Tensor | None = None,
+        mean_over: Tensor | None = None,
+    ) -> Tensor:
+        """`classify` from packed rows `[N, D]` (the first `packing.lengths[b]` positions of each
+        example, one after another): what the frozen-trunk cache stores, so no padding is made."""
+        blocks = self.trf_blocks[start_block:]
         if mean_over is not None:
             return packing.mean(self.out_head(self.final_norm(run_blocks(blocks, rows, packing))), mean_over)
         if len(blocks) == 0:

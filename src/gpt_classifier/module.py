@@ -120,7 +120,7 @@ class GPTClassifier(L.LightningModule):
         if split not in self.cache:  # built at the split's first batch; each DDP process keeps all of it
             self.cache.build(split, self.trainer.datamodule.token_ids(split))
         inputs = self.cache.batch(split, batch["index"], self.device)
-        return self.classifier.logits_from(inputs.pop("x"), start_block=self.cache.start_block, **inputs)
+        return self.classifier.logits_from_rows(**inputs, start_block=self.cache.start_block)
 
     def _step(self, batch: dict[str, Tensor], split: str, stage: str) -> Tensor:
         logits = self._logits(batch, split)

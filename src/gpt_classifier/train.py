@@ -18,6 +18,7 @@ from gpt_classifier.data import SPLITS, TextClassificationDataModule
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.files import write_json_atomic
 from gpt_classifier.module import SHORT_NAMES, GPTClassifier
+from gpt_classifier.phases import PhaseTimer
 from gpt_classifier.reports import close, plot_confusion, plot_history
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ def check_config(cfg: DictConfig) -> None:
 def make_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    plugins = [AtomicCheckpointIO()]  # a run killed mid-write never leaves a truncated .ckpt
+    # A run killed mid-write never leaves a truncated .ckpt; async_checkpoints: written in the background.
+    plugins = [AtomicCheckpointIO(background=bool(cfg.get("async_checkpoints")))]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
 
@@ -109,6 +111,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         write_json_atomic(module.test_report, out_dir / "classification_report.json")
         plots.append(write_confusion_matrix(module, trainer, out_dir))
     report(metrics, out_dir, evaluated, plots)
+    for callback in trainer.callbacks:
+        if isinstance(callback, PhaseTimer):  # enabled by the speed benchmark: phases.json
+            callback.finish(trainer, module)
     return metrics
 
 
