@@ -37,7 +37,7 @@ EXPECTED = {
     },
     "book_flexible_token": {"classifier.position": "flexible"},
     "book_no_causal_mask": {"model.causal": False},
-    "book_ignore_index": {"classifier.ignore_index": 50256},
+    "book_ignore_index": {"loss.ignore_index": 50256},
     "book_mean_pooling": {"classifier.pooling": "mean"},
 }
 BOOK_DEFAULTS = {

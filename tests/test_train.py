@@ -29,6 +29,8 @@ METRICS_JSON_KEYS = {
     "test_loss",
     "examples_seen",
     "train_seconds",
+    "threshold",  # two classes: 0.5, argmax
+    "epochs_trained",
 }
 
 BAD_OVERRIDES = {
@@ -191,7 +193,13 @@ def test_evaluate_checkpoint_reproduces_the_run(run, sms_split_dir, tmp_path):
     assert written == pytest.approx(metrics)
     assert set(written) == METRICS_JSON_KEYS
     trained = json.loads((run_dir / "metrics.json").read_text())
-    assert set(METRIC_KEYS) == METRICS_JSON_KEYS - {"examples_seen", "train_seconds"}
+    assert set(METRIC_KEYS) == METRICS_JSON_KEYS - {
+        "examples_seen",
+        "train_seconds",
+        "threshold",
+        "epochs_trained",
+    }
+    assert written["threshold"] == trained["threshold"] == 0.5  # argmax
     for key in METRIC_KEYS:
         assert written[key] == pytest.approx(trained[key], abs=1e-6), key
     assert written["train_seconds"] == 0

@@ -6,6 +6,7 @@
 - `BestCheckpoint` keeps the best checkpoint across a resume into a new run folder.
 - `last.ckpt` after every epoch is a second, plain `ModelCheckpoint` (conf/callbacks/default.yaml):
   since Lightning 2.6, `save_last=True` writes it only along with a new best.
+- `early_stopping` makes Lightning's `EarlyStopping` only when a patience is set.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import lightning as L
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
+from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.files import replace_atomically, temporary_path
 
 
@@ -136,6 +138,18 @@ def link_or_copy(source: str, target: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+
+
+def early_stopping(
+    patience: int | None, monitor: str = "val/loss", min_delta: float = 0.0
+) -> EarlyStopping | None:
+    """Lightning's `EarlyStopping` on `monitor` (losses fall, anything else rises), or None: no patience."""
+    if patience is None:
+        return None
+    if patience < 1:
+        raise GPTClassifierError(f"callbacks.early_stopping.patience={patience} must be at least 1 (or null)")
+    mode = "min" if monitor.endswith("loss") else "max"
+    return EarlyStopping(monitor=monitor, patience=patience, mode=mode, min_delta=min_delta, verbose=True)
 
 
 class BestCheckpoint(ModelCheckpoint):

@@ -15,6 +15,7 @@ import torch
 
 from gpt_classifier.classifier import TextClassifier, build_classifier
 from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.files import replace_atomically
 from gpt_classifier.finetune import merge_lora
 from gpt_classifier.model import GPTConfig
 
@@ -73,6 +74,14 @@ def load_classifier(
     if merge:
         merge_lora(classifier.model)
     return classifier.to(map_location).eval()
+
+
+def write_decision(path: str | Path, decision: dict[str, Any]) -> None:
+    """Rewrite the checkpoint at `path` with its top-level `decision` replaced (atomically: a crash
+    leaves the old file whole). A hard link to the old file (`last.ckpt`) keeps the old content."""
+    checkpoint = read_checkpoint(path)
+    checkpoint["decision"] = dict(decision)
+    replace_atomically(Path(path), lambda f: torch.save(checkpoint, f))
 
 
 def read_hyper_parameters(path: str | Path) -> dict[str, Any]:

@@ -166,6 +166,7 @@ def build_classifier(
         last_n_blocks=finetune.get("last_n_blocks"),
         lora_rank=finetune.get("lora_rank", 16),
         lora_alpha=finetune.get("lora_alpha", 16.0),
+        lora_scaling=finetune.get("lora_scaling", "alpha"),
     )
     padding = data.get("padding", "max_length")
     reading = Reading.for_padding(

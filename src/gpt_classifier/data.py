@@ -49,6 +49,7 @@ class TextClassificationDataModule(L.LightningDataModule):
     `max_length`: `longest` (the longest training example, the book), `model` (the context
     length), or an int; longer texts are truncated. `padding`: `max_length` (every batch padded to
     `max_length`, the book), `dynamic` (each batch to its own longest) or `none` (batches of one).
+    `positive_class`: the class name a decision threshold is about (null: the second of two).
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         group_by_length: bool = False,
         num_workers: int = 0,
         pad_token_id: int = PAD_TOKEN_ID,
+        positive_class: str | None = None,
     ) -> None:
         super().__init__()
         if padding not in ("max_length", "dynamic", "none"):
@@ -91,6 +93,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         self.group_by_length = group_by_length
         self.num_workers = num_workers
         self.pad_token_id = pad_token_id
+        self.positive_class = positive_class  # two classes: the one a decision threshold is about
         self.datasets: dict[str, EncodedDataset] = {}
         self.max_length: int | None = None
 

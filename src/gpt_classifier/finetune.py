@@ -7,7 +7,10 @@ blocks, as in the book's appendix E.
 
 We use a small LoRA module of our own rather than peft: peft would bring transformers and
 accelerate as runtime dependencies to wrap six linear layers per block, and our own layer keeps
-the book's convention (the update is `alpha * x @ A @ B`) and merges in one line.
+both conventions and merges in one line. The update is `alpha * x @ A @ B` with
+`lora_scaling="alpha"` (the book's bonus table, which the `book_lora_*` presets reproduce) or
+`(alpha / rank) * x @ A @ B` with `"alpha_over_rank"` (appendix E since LLMs-from-scratch PR #823,
+and peft's convention).
 """
 
 from __future__ import annotations
@@ -24,30 +27,33 @@ from gpt_classifier.model import GPTModel
 
 POLICY_BLOCKS = {"last_layer": 0, "last_block": 1, "last_two_blocks": 2}
 POLICIES = (*POLICY_BLOCKS, "last_n_blocks", "all", "lora")
+LORA_SCALINGS = ("alpha", "alpha_over_rank")
 
 
 class LoRALinear(nn.Module):
-    """A frozen `nn.Linear` plus a trainable low-rank update: `base(x) + alpha * (x @ A @ B)`.
+    """A frozen `nn.Linear` plus a trainable low-rank update: `base(x) + scale * (x @ A @ B)`, where
+    `scale` is `alpha` (`scaling="alpha"`) or `alpha / rank` (`"alpha_over_rank"`).
 
     `B` starts at zero, so training starts from the pretrained function exactly.
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, scaling: str = "alpha") -> None:
         super().__init__()
         self.base = base.requires_grad_(False)
         self.A = nn.Parameter(torch.empty(base.in_features, rank))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         self.B = nn.Parameter(torch.zeros(rank, base.out_features))
         self.alpha = alpha
+        self.scale = alpha / rank if scaling == "alpha_over_rank" else alpha
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.base(x) + self.alpha * (x @ self.A @ self.B)
+        return self.base(x) + self.scale * (x @ self.A @ self.B)
 
     def merged(self) -> nn.Linear:
         """A plain `nn.Linear` computing the same function, for export and fast prediction."""
         linear = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
         with torch.no_grad():
-            linear.weight.copy_(self.base.weight + self.alpha * (self.A @ self.B).T)
+            linear.weight.copy_(self.base.weight + self.scale * (self.A @ self.B).T)
             if self.base.bias is not None:
                 linear.bias.copy_(self.base.bias)
         return linear.to(self.base.weight.device, self.base.weight.dtype)
@@ -61,11 +67,15 @@ def _swap(root: nn.Module, kind: type[nn.Module], make: Callable[[Any], nn.Modul
                 setattr(parent, attr, make(child))
 
 
-def add_lora(model: GPTModel, rank: int, alpha: float) -> None:
+def add_lora(model: GPTModel, rank: int, alpha: float, scaling: str = "alpha") -> None:
     """Wrap every linear layer of the transformer blocks in a `LoRALinear`."""
     if rank < 1:
         raise GPTClassifierError(f"finetune.lora_rank={rank} must be at least 1")
-    _swap(model.trf_blocks, nn.Linear, lambda layer: LoRALinear(layer, rank, alpha))
+    if scaling not in LORA_SCALINGS:
+        raise GPTClassifierError(
+            f"finetune.lora_scaling={scaling!r} is unknown: use alpha or alpha_over_rank"
+        )
+    _swap(model.trf_blocks, nn.Linear, lambda layer: LoRALinear(layer, rank, alpha, scaling))
 
 
 def merge_lora(model: nn.Module) -> None:
@@ -79,6 +89,7 @@ def apply_policy(
     last_n_blocks: int | None = None,
     lora_rank: int = 16,
     lora_alpha: float = 16.0,
+    lora_scaling: str = "alpha",
 ) -> None:
     """Freeze `model`, then unfreeze what `policy` trains (`last_n_blocks` needs `last_n_blocks=k`)."""
     n_layers = len(model.trf_blocks)
@@ -87,7 +98,7 @@ def apply_policy(
         return
     if policy == "lora":
         model.requires_grad_(False)
-        add_lora(model, lora_rank, lora_alpha)  # new factors are trainable, their bases frozen
+        add_lora(model, lora_rank, lora_alpha, lora_scaling)  # new factors are trainable, their bases frozen
         model.out_head.requires_grad_(True)
         return
     if policy in POLICY_BLOCKS:

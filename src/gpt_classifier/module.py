@@ -3,7 +3,8 @@
 It builds the classifier (GPT-2 with a fresh head and a trainable-layer policy), trains it with
 cross-entropy on the logits at one read position per example (the last token, by default), keeps
 the per-epoch history behind the book's plots, and, at the end, evaluates every split with the best
-checkpoint (`test`): accuracy, loss, and the per-class report of the test split. When the trainable
+checkpoint (`test`): the decision threshold (two classes), accuracy, loss, and the test split's
+per-class report and scores. When the trainable
 part is a tail above a frozen, deterministic trunk, the trunk's output comes from a `TrunkCache`.
 """
 
@@ -19,12 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from torchmetrics import MeanMetric
+from torchmetrics import CatMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from gpt_classifier.cache import TrunkCache
 from gpt_classifier.classifier import build_classifier
 from gpt_classifier.data import SPLITS
+from gpt_classifier.decision import check_settings, choose_threshold, class_weights, decision_of, scores
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.finetune import count_parameters, first_trainable_block
 from gpt_classifier.reports import per_class_report
@@ -49,7 +51,11 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 class GPTClassifier(L.LightningModule):
-    """GPT-2 classifier; every argument but the optimizer, scheduler and `compile_blocks` is saved."""
+    """GPT-2 classifier; every argument but the optimizer, scheduler and `compile_blocks` is saved.
+
+    `loss`: `class_weights`, `label_smoothing`, `ignore_index`. `decision`: `positive_class` (an index),
+    `min_precision` or `threshold`; None (evaluating a checkpoint): the checkpoint's own threshold.
+    """
 
     def __init__(
         self,
@@ -61,11 +67,19 @@ class GPTClassifier(L.LightningModule):
         optimizer: Callable[..., Optimizer] | None = None,
         scheduler: Callable[..., LRScheduler] | None = None,
         compile_blocks: bool = False,
+        loss: dict | None = None,
+        decision: dict | None = None,
     ) -> None:
         super().__init__()
         settings = {"model": model, "finetune": finetune or {}, "classifier": classifier or {}}
-        self.save_hyperparameters({**settings, "class_names": list(class_names), "data": data or {}})
+        hparams = {"class_names": list(class_names), "data": data or {}, "loss": loss or {}}
+        self.save_hyperparameters({**settings, **hparams, "decision": decision})
         self.classifier = build_classifier(class_names=list(class_names), data=data, **settings)
+        self.decision = decision
+        if decision is not None:  # training: the config decides; else the checkpoint (on_load_checkpoint)
+            check_settings(decision, len(class_names))
+            self.classifier.positive_class = decision.get("positive_class", self.classifier.positive_class)
+            self.classifier.threshold = decision.get("threshold")
         trainable, total = count_parameters(self.classifier.model)
         log.info(
             "trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
@@ -73,14 +87,21 @@ class GPTClassifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.compile_blocks = compile_blocks
-        self.ignore_index = self.hparams["classifier"].get("ignore_index", -100)
+        self.ignore_index = self.hparams["loss"].get("ignore_index", -100)
+        self.label_smoothing = float(self.hparams["loss"].get("label_smoothing") or 0.0)
+        self.class_weights: Tensor | None = None  # from the train split's labels, in `setup`
         self.cache = self._make_cache(self.hparams["finetune"].get("cache_frozen", "auto"))
         num_classes = len(class_names)
-        stages = ("fit_train", "fit_val", *(f"final_{SHORT_NAMES[s]}" for s in SPLITS))
-        # Losses weighted by batch size and accuracies, summed over processes (DDP) by torchmetrics.
-        self.accuracy = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in stages})
-        self.mean_loss = nn.ModuleDict({s: MeanMetric() for s in stages})
-        self.confusion = MulticlassConfusionMatrix(num_classes)  # of the final test split
+        finals = tuple(f"final_{SHORT_NAMES[s]}" for s in SPLITS)
+        # Summed over processes (DDP) by torchmetrics; the final evaluation gathers every probability.
+        fit = ("fit_train", "fit_val")
+        self.accuracy = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in fit})
+        self.mean_loss = nn.ModuleDict({s: MeanMetric() for s in (*fit, *finals)})
+        self.final_probs = nn.ModuleDict({s: CatMetric() for s in finals})
+        self.final_labels = nn.ModuleDict({s: CatMetric() for s in finals})
+        self.confusion = MulticlassConfusionMatrix(num_classes, sync_on_compute=False)  # gathered already
+        self.test_outputs: tuple[Tensor, Tensor] | None = None  # test split (probabilities, labels)
+        self.test_scores: dict[str, float] = {}
         self.examples_seen = 0
         self.history: list[dict[str, float]] = []
         self.final_metrics: dict[str, float] = {}
@@ -109,6 +130,11 @@ class GPTClassifier(L.LightningModule):
         if self.compile_blocks and stage == "fit":
             for block in self.classifier.model.trf_blocks:
                 block.compile()
+        setting = self.hparams["loss"].get("class_weights")
+        if setting is not None and self.trainer.datamodule is not None:
+            labels = self.trainer.datamodule.datasets["train"].labels
+            self.class_weights = class_weights(setting, labels, len(self.class_names))
+            log.info("class weights (%s): %s", ", ".join(self.class_names), self.class_weights.tolist())
 
     def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
         """Class logits `[B, num_classes]` for padded token ids."""
@@ -124,14 +150,22 @@ class GPTClassifier(L.LightningModule):
 
     def _step(self, batch: dict[str, Tensor], split: str, stage: str) -> Tensor:
         logits = self._logits(batch, split)
-        loss = F.cross_entropy(logits, batch["labels"], ignore_index=self.ignore_index)
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
+        loss = F.cross_entropy(
+            logits,
+            batch["labels"],
+            weight=weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+        )
         if stage == "fit_train":  # forward: also the batch's accuracy, logged every step
             self.accuracy[stage](logits, batch["labels"])
-        else:
+        elif stage == "fit_val":
             self.accuracy[stage].update(logits, batch["labels"])
+        else:  # final: accuracy once the decision threshold is known
+            self.final_probs[stage].update(logits.detach().float().softmax(-1))
+            self.final_labels[stage].update(batch["labels"])
         self.mean_loss[stage].update(loss.detach(), len(batch["labels"]))
-        if stage == "final_test":
-            self.confusion.update(logits, batch["labels"])
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -190,17 +224,38 @@ class GPTClassifier(L.LightningModule):
         name = SHORT_NAMES[split]
         options = {"on_epoch": True, "batch_size": size, "add_dataloader_idx": False}
         self.log(f"final/{name}_loss", self.mean_loss[stage], **options)
-        self.log(f"final/{name}_acc", self.accuracy[stage], **options)
+
+    def on_test_epoch_start(self) -> None:
+        for metric in (*self.final_probs.values(), *self.final_labels.values(), self.confusion):
+            metric.reset()
 
     def on_test_epoch_end(self) -> None:
-        """`final_metrics` (train/val/test accuracy and loss) and the test split's per-class report."""
+        """The decision threshold (picked on the validation split when `decision.min_precision` is
+        set), then `final_metrics` (accuracy with that threshold, and loss, per split) and the test
+        split's per-class report and scores."""
+        outputs = {}
         for split in SPLITS:
             stage = f"final_{SHORT_NAMES[split]}"
             if self.mean_loss[stage].update_count:
-                self.final_metrics[f"{SHORT_NAMES[split]}_acc"] = float(self.accuracy[stage].compute())
+                probs = self.final_probs[stage].compute().view(-1, len(self.class_names)).cpu()
+                outputs[split] = (probs, self.final_labels[stage].compute().long().cpu())
                 self.final_metrics[f"{SHORT_NAMES[split]}_loss"] = float(self.mean_loss[stage].compute())
-        if self.confusion.update_count:
+        min_precision = (self.decision or {}).get("min_precision")
+        if min_precision is not None and "validation" in outputs:
+            self.classifier.threshold = choose_threshold(
+                *outputs["validation"], self.classifier.positive_class, min_precision
+            )
+        for split, (probs, labels) in outputs.items():
+            accuracy = float((self.classifier.decide(probs) == labels).float().mean())
+            self.final_metrics[f"{SHORT_NAMES[split]}_acc"] = accuracy
+            self.log(f"final/{SHORT_NAMES[split]}_acc", accuracy)
+        if "test" in outputs:
+            probs, labels = self.test_outputs = outputs["test"]
+            self.confusion.update(self.classifier.decide(probs).to(self.device), labels.to(self.device))
             self.test_report = per_class_report(self.confusion.compute().cpu(), self.class_names)
+            self.test_scores = scores(
+                probs, labels, self.classifier.positive_class, self.classifier.threshold
+            )
 
     def teardown(self, stage: str) -> None:
         if stage == "test" and self.cache is not None:
@@ -210,11 +265,15 @@ class GPTClassifier(L.LightningModule):
         checkpoint["examples_seen"] = self.examples_seen
         checkpoint["history"] = self.history
         checkpoint["rng_states"] = rng_states()
+        checkpoint["decision"] = decision_of(self.classifier)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.examples_seen = checkpoint.get("examples_seen", 0)
         self.history = checkpoint.get("history", [])
         self._resumed_rng_states = checkpoint.get("rng_states")
+        if self.decision is None and checkpoint.get("decision"):  # evaluating a checkpoint: its own
+            self.classifier.positive_class = checkpoint["decision"]["positive_class"]
+            self.classifier.threshold = checkpoint["decision"]["threshold"]
 
     def on_train_start(self) -> None:
         """A resumed run continues the random stream (dropout) where the checkpoint left it."""

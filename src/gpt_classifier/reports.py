@@ -1,4 +1,5 @@
-"""Reports: the book's loss and accuracy figures, the per-class report and confusion matrix, sweep tables.
+"""Reports: the book's loss and accuracy figures, the per-class report, confusion matrix, PR and ROC
+curves, sweep tables.
 
 matplotlib is imported by the functions that draw, so importing this module costs nothing at start-up.
 """
@@ -97,6 +98,35 @@ def plot_confusion(confusion: Any, class_names: list[str], out_dir: Path) -> tup
     fig, ax = confusion.plot(labels=class_names)
     ax.set_title("Test split (best checkpoint)")
     return save_atomic(fig, out_dir / "confusion_matrix.png"), fig
+
+
+def plot_curves(
+    probs: Tensor, labels: Tensor, class_names: list[str], positive_class: int, out_dir: Path
+) -> list[Path]:
+    """Write `pr_curve.png` and `roc_curve.png` of the test split: for two classes the positive class's
+    curves, for more one curve per class (one-vs-rest)."""
+    from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
+
+    plt = pyplot()
+    shown = [positive_class] if len(class_names) == 2 else range(len(class_names))
+    written = []
+    for name, curve, axes in (
+        ("pr_curve.png", binary_precision_recall_curve, ("Recall", "Precision")),
+        ("roc_curve.png", binary_roc, ("False positive rate", "True positive rate")),
+    ):
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        for index in shown:
+            first, second, _ = curve(probs[:, index].float(), (labels == index).long())
+            x, y = (second, first) if curve is binary_precision_recall_curve else (first, second)
+            ax.plot(x.tolist(), y.tolist(), label=str(class_names[index]))
+        ax.set_xlabel(axes[0])
+        ax.set_ylabel(axes[1])
+        ax.set_title("Test split (best checkpoint)")
+        ax.legend(title="positive class" if len(class_names) == 2 else "class vs rest")
+        fig.tight_layout()
+        written.append(save_atomic(fig, out_dir / name))
+        plt.close(fig)
+    return written
 
 
 def close(fig: Any) -> None:

@@ -1,25 +1,30 @@
 """The training task behind `train.py`: compose data, model and trainer from the Hydra config, fit,
-evaluate the best checkpoint on every split, and write metrics, plots and a short report."""
+evaluate the best checkpoint on every split (choosing the decision threshold first, when asked to),
+and write metrics, plots and a short report."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from gpt_classifier.callbacks import AtomicCheckpointIO
-from gpt_classifier.checkpoints import check_resume, classifier_settings, read_checkpoint
+from gpt_classifier.callbacks import AtomicCheckpointIO, link_or_copy
+from gpt_classifier.checkpoints import check_resume, classifier_settings, read_checkpoint, write_decision
 from gpt_classifier.data import SPLITS, TextClassificationDataModule
+from gpt_classifier.decision import ARGMAX_THRESHOLD, decision_of, positive_index
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.files import write_json_atomic
 from gpt_classifier.module import SHORT_NAMES, GPTClassifier
 from gpt_classifier.phases import PhaseTimer
-from gpt_classifier.reports import close, plot_confusion, plot_history
+from gpt_classifier.reports import close, plot_confusion, plot_curves, plot_history
+from gpt_classifier.tracking import log_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +44,25 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
+def instantiate_one(config: DictConfig) -> object:
+    """`instantiate`, with our own one-line errors unwrapped from Hydra's `InstantiationException`."""
+    try:
+        return instantiate(config)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, GPTClassifierError):
+            raise err.__cause__ from None
+        raise
+
+
+def instantiate_all(group: DictConfig | None) -> list:
+    """The objects of a group's `_target_` entries; a factory may return None (e.g. early stopping off)."""
+    configs = [c for c in (group or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
+    return [made for made in map(instantiate_one, configs) if made is not None]
+
+
 def make_trainer(cfg: DictConfig) -> L.Trainer:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    loggers = instantiate_all(cfg.get("logger"))
     # A run killed mid-write never leaves a truncated .ckpt; async_checkpoints: written in the background.
     plugins = [AtomicCheckpointIO(background=bool(cfg.get("async_checkpoints")))]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
@@ -69,6 +90,11 @@ def make_module(cfg: DictConfig, datamodule: TextClassificationDataModule) -> GP
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(scheduler) if scheduler else None,
         compile_blocks=bool(cfg.get("compile")),
+        loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        decision={
+            **OmegaConf.to_container(cfg.decision, resolve=True),
+            "positive_class": positive_index(datamodule.class_names, datamodule.positive_class),
+        },
     )
 
 
@@ -104,17 +130,52 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {key: module.final_metrics[key] for key in METRIC_KEYS if cfg.test}
     if not trainer.is_global_zero:
         return metrics
+    if len(module.class_names) == 2:
+        threshold = module.classifier.threshold
+        metrics["threshold"] = ARGMAX_THRESHOLD if threshold is None else threshold
+        if cfg.train and best and threshold is not None:
+            save_decision(module, best)
     metrics.update(examples_seen=examples_seen, train_seconds=round(train_seconds, 2))
+    metrics["epochs_trained"] = history[-1]["epoch"] if history else 0
     write_json_atomic(metrics, out_dir / "metrics.json")
     plots = plot_history(history, out_dir)
     if cfg.test:
-        write_json_atomic(module.test_report, out_dir / "classification_report.json")
+        write_json_atomic(
+            {**module.test_report, **module.test_scores}, out_dir / "classification_report.json"
+        )
         plots.append(write_confusion_matrix(module, trainer, out_dir))
+        plots += write_curves(module, trainer, out_dir)
+    files = [out_dir / "metrics.json", out_dir / "classification_report.json", *plots]
+    log_artifacts(trainer.loggers, files)
     report(metrics, out_dir, evaluated, plots)
     for callback in trainer.callbacks:
         if isinstance(callback, PhaseTimer):  # enabled by the speed benchmark: phases.json
             callback.finish(trainer, module)
     return metrics
+
+
+def save_decision(module: GPTClassifier, best: str) -> None:
+    """Rewrite the best checkpoint with the threshold chosen after training, and `last.ckpt` too when it
+    is the same file (a hard link); a `last.ckpt` of a later epoch is another model: it keeps argmax."""
+    last = Path(best).with_name("last.ckpt")
+    same = last.is_file() and os.path.samefile(best, last)
+    write_decision(best, decision_of(module.classifier))
+    if same:
+        link_or_copy(best, str(last))
+
+
+def write_curves(module: GPTClassifier, trainer: L.Trainer, out_dir: Path) -> list[Path]:
+    """`pr_curve.png` and `roc_curve.png` of the test split, and the PR curve(s) in TensorBoard."""
+    if module.test_outputs is None:
+        return []
+    probs, labels = module.test_outputs
+    names, positive = module.class_names, module.classifier.positive_class
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            for index in [positive] if len(names) == 2 else range(len(names)):
+                tag = f"test/pr_curve/{names[index]}"
+                logger.experiment.add_pr_curve(tag, labels == index, probs[:, index], trainer.global_step)
+    return plot_curves(probs, labels, names, positive, out_dir)
 
 
 def write_confusion_matrix(module: GPTClassifier, trainer: L.Trainer, out_dir: Path) -> Path:
