@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -48,8 +49,21 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+class ClearCacheOnFailure(L.Callback):
+    """A failed fit or test removes the frozen-trunk cache's files at once (a finished one keeps
+    them for the final evaluation; what is left goes when the process exits)."""
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if getattr(pl_module, "cache", None) is not None:
+            pl_module.cache.clear()
+
+
 class GPTClassifier(L.LightningModule):
-    """GPT-2 classifier; every argument but the optimizer, scheduler and `compile_blocks` is saved."""
+    """GPT-2 classifier; every argument but the optimizer, scheduler, `compile_blocks` and `cache_dir` is
+    saved. `cache_dir`: where the frozen-trunk cache spills past its budget (None: `<the trainer's
+    default_root_dir>/cache`)."""
 
     def __init__(
         self,
@@ -61,6 +75,7 @@ class GPTClassifier(L.LightningModule):
         optimizer: Callable[..., Optimizer] | None = None,
         scheduler: Callable[..., LRScheduler] | None = None,
         compile_blocks: bool = False,
+        cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         settings = {"model": model, "finetune": finetune or {}, "classifier": classifier or {}}
@@ -75,6 +90,8 @@ class GPTClassifier(L.LightningModule):
         self.compile_blocks = compile_blocks
         self.ignore_index = self.hparams["classifier"].get("ignore_index", -100)
         self.cache = self._make_cache(self.hparams["finetune"].get("cache_frozen", "auto"))
+        if self.cache is not None:
+            self.cache.spill_dir = Path(cache_dir) if cache_dir is not None else None
         num_classes = len(class_names)
         stages = ("fit_train", "fit_val", *(f"final_{SHORT_NAMES[s]}" for s in SPLITS))
         # Losses weighted by batch size and accuracies, summed over processes (DDP) by torchmetrics.
@@ -103,9 +120,20 @@ class GPTClassifier(L.LightningModule):
         if problem:
             log.info("frozen-trunk cache off: %s", problem)
             return None
-        return TrunkCache(self.classifier, start_block)
+        budget_gb = self.hparams["finetune"].get("cache_budget_gb")
+        if budget_gb is not None and not (isinstance(budget_gb, int | float) and budget_gb >= 0):
+            raise GPTClassifierError(
+                f"finetune.cache_budget_gb={budget_gb!r} must be a number of GB >= 0, or null (automatic)"
+            )
+        budget = None if budget_gb is None else int(budget_gb * 1e9)
+        return TrunkCache(self.classifier, start_block, budget_bytes=budget)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [ClearCacheOnFailure()]
 
     def setup(self, stage: str) -> None:
+        if self.cache is not None and self.cache.spill_dir is None:
+            self.cache.spill_dir = Path(self.trainer.default_root_dir) / "cache"
         if self.compile_blocks and stage == "fit":
             for block in self.classifier.model.trf_blocks:
                 block.compile()
@@ -117,8 +145,11 @@ class GPTClassifier(L.LightningModule):
     def _logits(self, batch: dict[str, Tensor], split: str) -> Tensor:
         if self.cache is None:
             return self(batch["input_ids"], batch["lengths"])
-        if split not in self.cache:  # built at the split's first batch; each DDP process keeps all of it
-            self.cache.build(split, self.trainer.datamodule.token_ids(split))
+        # Built at the split's first batch; each DDP process keeps all of it.
+        if split not in self.cache and not self.cache.build(split, self.trainer.datamodule.token_ids(split)):
+            self.cache.clear()  # it fits nowhere (logged): the whole model runs, as uncached
+            self.cache = None
+            return self(batch["input_ids"], batch["lengths"])
         inputs = self.cache.batch(split, batch["index"], self.device)
         return self.classifier.logits_from(inputs.pop("x"), start_block=self.cache.start_block, **inputs)
 
