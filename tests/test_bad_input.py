@@ -48,6 +48,19 @@ CASES = {
         {"fractions": [0.85, 0.05, 0.1]},
         ["leaves the validation split empty", "raise that fraction"],
     ),
+    "header and no data rows": ("text,label\n", {}, ["a header row and no data rows", "add labelled rows"]),
+    "empty file": ("", {}, ["cannot be read as csv"]),
+    "text column of only blanks": (
+        "text,label\n ,a\n,b\n  ,a\n",
+        {},
+        ["column 'text' (data.text_column) is empty in every row", "right column"],
+    ),
+    "label column of only blanks": (
+        "text,label\nhi,\nyo, \n",
+        {},
+        ["column 'label' (data.label_column) is empty"],
+    ),
+    "one row per class": ("text,label\nhi,a\nyo,b\nhey,c\n", {}, ["leaves the validation split empty"]),
     "neither path nor splits": (GOOD, {"path": None}, ["set data.path=<file>", "data.train_path"]),
 }
 
