@@ -102,7 +102,10 @@ def test_long_text_is_truncated_and_counted(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="gpt_classifier.data"):
         module.setup()
     assert max(max(ds.lengths) for ds in module.datasets.values()) == 64
-    assert any("truncated 1 texts to 64 tokens" in r.getMessage() for r in caplog.records)
+    cut = [
+        r.getMessage() for r in caplog.records if "(median length 401 tokens) to 64 tokens" in r.getMessage()
+    ]
+    assert len(cut) == 1 and cut[0].split(": cut ")[1].startswith("1 of ")
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])

@@ -81,7 +81,7 @@ class CachedSplit:
         index = index.cpu()
         x = pad_sequence([self.states[i] for i in index.tolist()], batch_first=True)
         return {
-            "x": x.to(device, non_blocking=x.is_pinned()),
+            "x": x.to(device),
             "read_pos": self.read_pos[index].to(device),
             "lengths": self.lengths[index].to(device),
             "needed": self.needed[index].to(device),
