@@ -6,7 +6,9 @@
 A gpt2-small-width model (768, 12 heads) with 2 layers, the book's last-block policy (block 0 frozen
 and cached), 256 tokens, batch 8. Each mode runs in its own process, so that its peak RSS is its own:
 `memory` (the cache in RAM) and `disk` (budget 0: the cache spilled to a memory-mapped file).
-Prints a Markdown table: tokenization time, cache pass tokens/s, cache size, peak RSS, epoch time.
+Prints a Markdown table: tokenization time, cache pass tokens/s, cache size, peak RSS (which also
+counts the mapped file's cached pages), anonymous RSS after the cache pass (what the kernel cannot
+page out), epoch time.
 """
 
 import argparse
@@ -61,6 +63,14 @@ def make_split(folder: Path, texts: int) -> None:
         pd.DataFrame({"Text": rows, "Label": labels}).to_csv(folder / f"{split}.csv", index=False)
 
 
+def rss_anon_mb() -> int:
+    """Anonymous resident memory (`RssAnon`): RSS also counts a memory-mapped file's cached pages."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return round(int(line.split()[1]) / 1024)
+    return -1
+
+
 def run_mode(folder: Path, mode: str) -> dict:
     import lightning as L
     import torch
@@ -87,6 +97,7 @@ def run_mode(folder: Path, mode: str) -> dict:
     module.cache.build("train", dm.token_ids("train"))
     cache_s = time.perf_counter() - started
     spilled = module.cache.splits["train"].path is not None
+    anon_mb = rss_anon_mb()  # what cannot be paged out: the spilled file's pages can
     nbytes = module.cache.splits["train"].nbytes
     trainer = L.Trainer(
         accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
@@ -105,6 +116,7 @@ def run_mode(folder: Path, mode: str) -> dict:
         "cache_mb": round(nbytes / 2**20),
         "spilled": spilled,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "anon_mb": anon_mb,
         "epoch_s": round(epoch_s, 1),
     }
 
@@ -128,13 +140,15 @@ def main() -> None:
             command = [sys.executable, __file__, "--mode", mode, "--folder", str(folder)]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print("| cache | train texts | tokenization | cache pass | cache size | peak RSS | epoch |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| cache | train texts | tokenization | cache pass | cache size | peak RSS | anonymous RSS | epoch |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         where = "on disk (spilled)" if r["spilled"] else "in memory"
         print(
             f"| {where} | {r['texts']:,} | {r['tokenize_s']} s | {r['cache_tokens_per_s']:,} tokens/s "
-            f"| {r['cache_mb']:,} MB | {r['peak_rss_mb']:,} MB | {r['epoch_s']} s |"
+            f"| {r['cache_mb']:,} MB | {r['peak_rss_mb']:,} MB | {r['anon_mb']:,} MB | {r['epoch_s']} s |"
         )
 
 
