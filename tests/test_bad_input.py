@@ -48,6 +48,19 @@ CASES = {
         {"fractions": [0.85, 0.05, 0.1]},
         ["leaves the validation split empty", "raise that fraction"],
     ),
+    "header and no data rows": ("text,label\n", {}, ["a header row and no data rows", "add labelled rows"]),
+    "empty file": ("", {}, ["cannot be read as csv"]),
+    "text column of only blanks": (
+        "text,label\n ,a\n,b\n  ,a\n",
+        {},
+        ["column 'text' (data.text_column) is empty in every row", "right column"],
+    ),
+    "label column of only blanks": (
+        "text,label\nhi,\nyo, \n",
+        {},
+        ["column 'label' (data.label_column) is empty"],
+    ),
+    "one row per class": ("text,label\nhi,a\nyo,b\nhey,c\n", {}, ["leaves the validation split empty"]),
     "neither path nor splits": (GOOD, {"path": None}, ["set data.path=<file>", "data.train_path"]),
 }
 
@@ -89,7 +102,10 @@ def test_long_text_is_truncated_and_counted(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="gpt_classifier.data"):
         module.setup()
     assert max(max(ds.lengths) for ds in module.datasets.values()) == 64
-    assert any("truncated 1 texts to 64 tokens" in r.getMessage() for r in caplog.records)
+    cut = [
+        r.getMessage() for r in caplog.records if "(median length 401 tokens) to 64 tokens" in r.getMessage()
+    ]
+    assert len(cut) == 1 and cut[0].split(": cut ")[1].startswith("1 of ")
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])

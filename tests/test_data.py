@@ -276,7 +276,7 @@ def test_max_length_truncates(sms_split_dir):
         assert max(dm.datasets[split].lengths) == 10
     frame = pd.read_csv(sms_split_dir / "train.csv")
     first = dm.datasets["train"][0]["input_ids"]
-    assert first == get_tokenizer().encode_ordinary(frame["Text"][0])[:10]
+    assert first.tolist() == get_tokenizer().encode_ordinary(frame["Text"][0])[:10]
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape == (8, 10) and (batch["lengths"] <= 10).all()
 

@@ -11,21 +11,25 @@ the book's final evaluation.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from gpt_classifier.encoding import EncodedDataset, PadCollate, encode_texts
+from gpt_classifier.download import sha256_of
+from gpt_classifier.encoding import EncodedDataset, PadCollate, TokenArrays, encode_corpus
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.files import replace_atomically
+from gpt_classifier.files import replace_atomically, write_json_atomic
 from gpt_classifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,31 @@ def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
     replace_atomically(path, lambda f: f.write(df.to_csv(index=None).encode()))
 
 
+def split_is_current(data_dir: Path, stamp: dict) -> bool:
+    """True if `data_dir/split.json` says the split CSVs come from `stamp` (source, seed, ...) and they
+    are unchanged since (their sha256): then a prepared split is reused, not rebuilt."""
+    try:
+        saved = json.loads((data_dir / "split.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(saved, dict) or {k: saved.get(k) for k in stamp} != stamp:
+        return False
+    hashes = saved.get("sha256") or {}
+    paths = {split: data_dir / f"{split}.csv" for split in SPLITS}
+    return all(path.is_file() and sha256_of(path) == hashes.get(split) for split, path in paths.items())
+
+
+def write_split(parts: dict[str, pd.DataFrame], data_dir: Path, stamp: dict) -> None:
+    """The three split CSVs, then `split.json`: `stamp`, the row counts and the files' sha256."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for split, part in parts.items():
+        write_csv_atomic(part, data_dir / f"{split}.csv")
+    rows = {split: len(part) for split, part in parts.items()}
+    sha256 = {split: sha256_of(data_dir / f"{split}.csv") for split in SPLITS}
+    write_json_atomic({**stamp, "rows": rows, "sha256": sha256}, data_dir / "split.json")
+    log.info("wrote %s to %s", ", ".join(f"{s}.csv ({n} rows)" for s, n in rows.items()), data_dir)
+
+
 def draw_seed() -> int:
     """A shuffling seed from torch's global generator, so `seed_everything` fixes it."""
     return int(torch.randint(0, 2**31 - 1, ()).item())
@@ -47,8 +76,10 @@ class TextClassificationDataModule(L.LightningDataModule):
     """Token batches from `train.csv`, `validation.csv` and `test.csv` in `data_dir`.
 
     `max_length`: `longest` (the longest training example, the book), `model` (the context
-    length), or an int; longer texts are truncated. `padding`: `max_length` (every batch padded to
-    `max_length`, the book), `dynamic` (each batch to its own longest) or `none` (batches of one).
+    length), or an int; longer texts are cut, keeping their beginning (`truncation_side` right, the
+    book) or their end (left). `padding`: `max_length` (every batch padded to `max_length`, the
+    book), `dynamic` (each batch to its own longest) or `none` (batches of one). Token ids are kept
+    as compact arrays (`encoding.TokenArrays`).
     `positive_class`: the class name a decision threshold is about (null: the second of two).
     """
 
@@ -67,8 +98,14 @@ class TextClassificationDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pad_token_id: int = PAD_TOKEN_ID,
         positive_class: str | None = None,
+        truncation_side: Literal["right", "left"] = "right",
     ) -> None:
         super().__init__()
+        if truncation_side not in ("right", "left"):
+            raise GPTClassifierError(
+                f"data.truncation_side={truncation_side!r} is unknown: use right (keep the beginning) "
+                "or left (keep the end)"
+            )
         if padding not in ("max_length", "dynamic", "none"):
             raise GPTClassifierError(f"data.padding={padding!r} is unknown: use max_length, dynamic or none")
         if isinstance(max_length, str) and max_length not in ("longest", "model"):
@@ -94,6 +131,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pad_token_id = pad_token_id
         self.positive_class = positive_class  # two classes: the one a decision threshold is about
+        self.truncation_side = truncation_side
         self.datasets: dict[str, EncodedDataset] = {}
         self.max_length: int | None = None
 
@@ -104,25 +142,45 @@ class TextClassificationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
+        started = time.perf_counter()
         tokenizer = get_tokenizer()
         frames = {split: self.read_split(split) for split in SPLITS}
-        texts = {split: df[self.text_column].astype(str).tolist() for split, df in frames.items()}
-        encoded = {split: encode_texts(tokenizer, texts[split]) for split in SPLITS}
+        encoded = {
+            split: encode_corpus(
+                tokenizer, df[self.text_column].astype(str).tolist(), desc=f"tokenizing {split}"
+            )
+            for split, df in frames.items()
+        }
         if self.max_length_option == "longest":
-            self.max_length = min(max(map(len, encoded["train"])), self.context_length)
+            self.max_length = min(int(encoded["train"].lengths.max(initial=1)), self.context_length)
         elif self.max_length_option == "model":
             self.max_length = self.context_length
         else:
             self.max_length = int(self.max_length_option)
         for split, df in frames.items():
             ids = encoded[split]
-            truncated = sum(len(x) > self.max_length for x in ids)
-            if truncated:
-                log.info("%s: truncated %d texts to %d tokens", split, truncated, self.max_length)
+            cut = ids.lengths[ids.lengths > self.max_length]
+            if len(cut):
+                log.info(
+                    "%s: cut %d of %d texts (median length %d tokens) to %d tokens, keeping their %s",
+                    split,
+                    len(cut),
+                    len(ids),
+                    int(np.median(cut)),
+                    self.max_length,
+                    "beginning" if self.truncation_side == "right" else "end",
+                )
             labels = df[self.label_column].astype(int).tolist()
-            self.datasets[split] = EncodedDataset([x[: self.max_length] for x in ids], labels)
+            self.datasets[split] = EncodedDataset(ids.truncate(self.max_length, self.truncation_side), labels)
+        tokens = sum(len(d.token_ids.flat) for d in self.datasets.values())
+        log.info(
+            "read and tokenized %s texts (%s tokens kept) in %.1f s",
+            f"{sum(map(len, self.datasets.values())):,}",
+            f"{tokens:,}",
+            time.perf_counter() - started,
+        )
 
-    def token_ids(self, split: str) -> list[list[int]]:
+    def token_ids(self, split: str) -> TokenArrays:
         """Every example's token ids, in the split's order (what the frozen-trunk cache is built from)."""
         return self.datasets[split].token_ids
 

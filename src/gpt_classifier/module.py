@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -50,11 +51,23 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-class GPTClassifier(L.LightningModule):
-    """GPT-2 classifier; every argument but the optimizer, scheduler and `compile_blocks` is saved.
+class ClearCacheOnFailure(L.Callback):
+    """A failed fit or test removes the frozen-trunk cache's files at once (a finished one keeps
+    them for the final evaluation; what is left goes when the process exits)."""
 
-    `loss`: `class_weights`, `label_smoothing`, `ignore_index`. `decision`: `positive_class` (an index),
-    `min_precision` or `threshold`; None (evaluating a checkpoint): the checkpoint's own threshold.
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if getattr(pl_module, "cache", None) is not None:
+            pl_module.cache.clear()
+
+
+class GPTClassifier(L.LightningModule):
+    """GPT-2 classifier; every argument but the optimizer, scheduler, `compile_blocks` and `cache_dir` is
+    saved. `cache_dir`: where the frozen-trunk cache spills past its budget (None: `<the trainer's
+    default_root_dir>/cache`). `loss`: `class_weights`, `label_smoothing`, `ignore_index`. `decision`:
+    `positive_class` (an index), `min_precision` or `threshold`; None (evaluating a checkpoint): the
+    checkpoint's own threshold.
     """
 
     def __init__(
@@ -69,6 +82,7 @@ class GPTClassifier(L.LightningModule):
         compile_blocks: bool = False,
         loss: dict | None = None,
         decision: dict | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         settings = {"model": model, "finetune": finetune or {}, "classifier": classifier or {}}
@@ -91,6 +105,8 @@ class GPTClassifier(L.LightningModule):
         self.label_smoothing = float(self.hparams["loss"].get("label_smoothing") or 0.0)
         self.class_weights: Tensor | None = None  # from the train split's labels, in `setup`
         self.cache = self._make_cache(self.hparams["finetune"].get("cache_frozen", "auto"))
+        if self.cache is not None:
+            self.cache.spill_dir = Path(cache_dir) if cache_dir is not None else None
         num_classes = len(class_names)
         finals = tuple(f"final_{SHORT_NAMES[s]}" for s in SPLITS)
         # Summed over processes (DDP) by torchmetrics; the final evaluation gathers every probability.
@@ -124,9 +140,20 @@ class GPTClassifier(L.LightningModule):
         if problem:
             log.info("frozen-trunk cache off: %s", problem)
             return None
-        return TrunkCache(self.classifier, start_block)
+        budget_gb = self.hparams["finetune"].get("cache_budget_gb")
+        if budget_gb is not None and not (isinstance(budget_gb, int | float) and budget_gb >= 0):
+            raise GPTClassifierError(
+                f"finetune.cache_budget_gb={budget_gb!r} must be a number of GB >= 0, or null (automatic)"
+            )
+        budget = None if budget_gb is None else int(budget_gb * 1e9)
+        return TrunkCache(self.classifier, start_block, budget_bytes=budget)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [ClearCacheOnFailure()]
 
     def setup(self, stage: str) -> None:
+        if self.cache is not None and self.cache.spill_dir is None:
+            self.cache.spill_dir = Path(self.trainer.default_root_dir) / "cache"
         if self.compile_blocks and stage == "fit":
             for block in self.classifier.model.trf_blocks:
                 block.compile()
@@ -143,8 +170,11 @@ class GPTClassifier(L.LightningModule):
     def _logits(self, batch: dict[str, Tensor], split: str) -> Tensor:
         if self.cache is None:
             return self(batch["input_ids"], batch["lengths"])
-        if split not in self.cache:  # built at the split's first batch; each DDP process keeps all of it
-            self.cache.build(split, self.trainer.datamodule.token_ids(split))
+        # Built at the split's first batch; each DDP process keeps all of it.
+        if split not in self.cache and not self.cache.build(split, self.trainer.datamodule.token_ids(split)):
+            self.cache.clear()  # it fits nowhere (logged): the whole model runs, as uncached
+            self.cache = None
+            return self(batch["input_ids"], batch["lengths"])
         inputs = self.cache.batch(split, batch["index"], self.device)
         return self.classifier.logits_from_rows(**inputs, start_block=self.cache.start_block)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import urllib.error
@@ -14,10 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from gpt_classifier.data import SPLITS, TextClassificationDataModule, write_csv_atomic
+from gpt_classifier.data import SPLITS, TextClassificationDataModule, split_is_current, write_split
 from gpt_classifier.download import default_cache_dir, download, sha256_of
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -82,31 +80,7 @@ class SpamDataModule(TextClassificationDataModule):
 
     def prepare_data(self) -> None:
         stamp = {"source_sha256": SMS_SHA256, "seed": self.seed}
-        stamp_file = self.data_dir / "split.json"
-        if self._split_is_current(stamp_file, stamp):
+        if split_is_current(self.data_dir, stamp):
             return
         df = read_sms_collection(fetch_sms_zip(self.urls, self.cache_dir))
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        parts = balance_and_split(df, self.seed)
-        for split, part in parts.items():
-            write_csv_atomic(part, self.data_dir / f"{split}.csv")
-        stamp["rows"] = {split: len(part) for split, part in parts.items()}
-        stamp["sha256"] = {split: sha256_of(self.data_dir / f"{split}.csv") for split in SPLITS}
-        write_json_atomic(stamp, stamp_file)
-        log.info(
-            "wrote %s to %s",
-            ", ".join(f"{s}.csv ({n} rows)" for s, n in stamp["rows"].items()),
-            self.data_dir,
-        )
-
-    def _split_is_current(self, stamp_file: Path, stamp: dict) -> bool:
-        """Reuse the CSVs only if they come from the same archive and seed and are unchanged."""
-        try:
-            saved = json.loads(stamp_file.read_text())
-        except (OSError, ValueError):
-            return False
-        if not isinstance(saved, dict) or {k: saved.get(k) for k in stamp} != stamp:
-            return False
-        hashes = saved.get("sha256") or {}
-        paths = {split: self.data_dir / f"{split}.csv" for split in SPLITS}
-        return all(path.is_file() and sha256_of(path) == hashes.get(split) for split, path in paths.items())
+        write_split(balance_and_split(df, self.seed), self.data_dir, stamp)

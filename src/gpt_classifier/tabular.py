@@ -88,13 +88,25 @@ def read_table(
                 f"(columns: {', '.join(map(str, df.columns))}){hint}"
             )
     table = pd.DataFrame({"Text": df[text_column], "Label": df[label_column]})
+    if table.empty:
+        raise GPTClassifierError(
+            f"{path}: {'a header row and ' if header else ''}no data rows: add labelled rows (one per line)"
+        )
     text = table["Text"].astype("string")
     blank = text.isna() | (text.str.strip() == "")
+    missing = table["Label"].isna() | (table["Label"].astype("string").str.strip() == "")
+    for option, column, empty in (
+        ("text_column", text_column, blank),
+        ("label_column", label_column, missing),
+    ):
+        if empty.all():
+            raise GPTClassifierError(
+                f"{path}: column {column!r} (data.{option}) is empty in every row: is it the right column?"
+            )
     if blank.any():
         raise GPTClassifierError(
             f"{path}: empty text in row {_rows(blank, header)}: fill in or remove those rows"
         )
-    missing = table["Label"].isna() | (table["Label"].astype("string").str.strip() == "")
     if missing.any():
         raise GPTClassifierError(
             f"{path}: missing label in row {_rows(missing, header)}: label or remove those rows"
