@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from gpt_classifier.classifier import TextClassifier
 from gpt_classifier.encoding import pad_batch
+from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.memory import device_headroom, host_headroom
 from gpt_classifier.model import Packing, run_blocks
 
@@ -116,6 +117,35 @@ class TrunkCache:
         self.splits: dict[str, CachedSplit] = {}
         # All builds so far, cleared splits included (the run's cache pass): wall and CPU seconds.
         self.build_seconds = self.build_cpu_seconds = 0.0
+
+    @classmethod
+    def for_classifier(
+        cls,
+        classifier: TextClassifier,
+        start_block: int,
+        *,
+        setting: bool | str = "auto",
+        budget_gb: float | None = None,
+        spill_dir: Path | None = None,
+    ) -> TrunkCache | None:
+        """The cache for `finetune.cache_frozen=setting`: `auto` when exact (else None, logged), `true`
+        or one clear error saying why not, `false` never; `budget_gb` as in `finetune.cache_budget_gb`."""
+        if setting not in (True, False, "auto"):
+            raise GPTClassifierError(f"finetune.cache_frozen={setting!r} is unknown: use auto, true or false")
+        if setting is False:
+            return None
+        problem = cls.problem(classifier, start_block)
+        if problem and setting is True:
+            raise GPTClassifierError(f"finetune.cache_frozen=true is impossible here: {problem}")
+        if problem:
+            log.info("frozen-trunk cache off: %s", problem)
+            return None
+        if budget_gb is not None and not (isinstance(budget_gb, int | float) and budget_gb >= 0):
+            raise GPTClassifierError(
+                f"finetune.cache_budget_gb={budget_gb!r} must be a number of GB >= 0, or null (automatic)"
+            )
+        budget = None if budget_gb is None else int(budget_gb * 1e9)
+        return cls(classifier, start_block, budget_bytes=budget, spill_dir=spill_dir)
 
     @staticmethod
     def problem(classifier: TextClassifier, start_block: int) -> str | None:

@@ -189,3 +189,14 @@ class BestCheckpoint(ModelCheckpoint):
             worst = max if self.mode == "min" else min
             self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.get)  # type: ignore[arg-type]
             self.kth_value = self.best_k_models[self.kth_best_model_path]
+
+
+class ClearCacheOnFailure(L.Callback):
+    """A failed fit or test removes the frozen-trunk cache's files at once (a finished one keeps
+    them for the final evaluation; what is left goes when the process exits)."""
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if getattr(pl_module, "cache", None) is not None:
+            pl_module.cache.clear()

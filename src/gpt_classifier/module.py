@@ -25,6 +25,7 @@ from torchmetrics import CatMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from gpt_classifier.cache import TrunkCache
+from gpt_classifier.callbacks import ClearCacheOnFailure
 from gpt_classifier.classifier import build_classifier
 from gpt_classifier.data import SPLITS
 from gpt_classifier.decision import check_settings, choose_threshold, class_weights, decision_of, scores
@@ -49,17 +50,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["cpu"])
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-class ClearCacheOnFailure(L.Callback):
-    """A failed fit or test removes the frozen-trunk cache's files at once (a finished one keeps
-    them for the final evaluation; what is left goes when the process exits)."""
-
-    def on_exception(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
-    ) -> None:
-        if getattr(pl_module, "cache", None) is not None:
-            pl_module.cache.clear()
 
 
 class GPTClassifier(L.LightningModule):
@@ -104,9 +94,14 @@ class GPTClassifier(L.LightningModule):
         self.ignore_index = self.hparams["loss"].get("ignore_index", -100)
         self.label_smoothing = float(self.hparams["loss"].get("label_smoothing") or 0.0)
         self.class_weights: Tensor | None = None  # from the train split's labels, in `setup`
-        self.cache = self._make_cache(self.hparams["finetune"].get("cache_frozen", "auto"))
-        if self.cache is not None:
-            self.cache.spill_dir = Path(cache_dir) if cache_dir is not None else None
+        finetune_settings = self.hparams["finetune"]
+        self.cache = TrunkCache.for_classifier(
+            self.classifier,
+            first_trainable_block(self.classifier.model),
+            setting=finetune_settings.get("cache_frozen", "auto"),
+            budget_gb=finetune_settings.get("cache_budget_gb"),
+            spill_dir=Path(cache_dir) if cache_dir is not None else None,
+        )
         num_classes = len(class_names)
         finals = tuple(f"final_{SHORT_NAMES[s]}" for s in SPLITS)
         # Summed over processes (DDP) by torchmetrics; the final evaluation gathers every probability.
@@ -127,26 +122,6 @@ class GPTClassifier(L.LightningModule):
     @property
     def class_names(self) -> list[str]:
         return self.classifier.class_names
-
-    def _make_cache(self, setting: bool | str) -> TrunkCache | None:
-        if setting not in (True, False, "auto"):
-            raise GPTClassifierError(f"finetune.cache_frozen={setting!r} is unknown: use auto, true or false")
-        start_block = first_trainable_block(self.classifier.model)
-        problem = TrunkCache.problem(self.classifier, start_block)
-        if setting is False:
-            return None
-        if problem and setting is True:
-            raise GPTClassifierError(f"finetune.cache_frozen=true is impossible here: {problem}")
-        if problem:
-            log.info("frozen-trunk cache off: %s", problem)
-            return None
-        budget_gb = self.hparams["finetune"].get("cache_budget_gb")
-        if budget_gb is not None and not (isinstance(budget_gb, int | float) and budget_gb >= 0):
-            raise GPTClassifierError(
-                f"finetune.cache_budget_gb={budget_gb!r} must be a number of GB >= 0, or null (automatic)"
-            )
-        budget = None if budget_gb is None else int(budget_gb * 1e9)
-        return TrunkCache(self.classifier, start_block, budget_bytes=budget)
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [ClearCacheOnFailure()]
