@@ -332,3 +332,18 @@ def test_truncated_checkpoint_copy_keeps_the_original(trained, tmp_path):
     with pytest.raises(GPTClassifierError, match="unreadable"):
         load_classifier(copy)
     assert load_classifier(path).reading.position == "flexible"
+
+
+def test_prediction_imports_no_training_stack(trained):
+    """What keeps `predict.py` fast: no Lightning, Hydra, matplotlib, Hub client or torch._dynamo (which
+    the meta-device init of an embedding would import) on the way from a checkpoint to a prediction."""
+    code = (
+        "import sys, torch; from gpt_classifier.predict import load_predictor; "
+        f"load_predictor({str(trained['book'][2])!r}).predict(['hi']); "
+        "assert torch.nn.init.normal_.__name__ == 'normal_'; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'hydra', 'matplotlib', "
+        "'huggingface_hub', 'transformers', 'onnxruntime'}), 'torch._dynamo' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "False"]

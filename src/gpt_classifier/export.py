@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gpt_classifier.checkpoints import load_classifier
 from gpt_classifier.cli import OneLineParser, run_main
+from gpt_classifier.errors import GPTClassifierError
 
 
 def megabytes(size: int) -> str:
@@ -52,7 +53,12 @@ def cli(argv: Sequence[str] | None = None) -> None:
         return
     from gpt_classifier.onnx_export import export_onnx
 
-    sizes = export_onnx(classifier, args.out, quantize=args.quantize)
+    try:
+        sizes = export_onnx(classifier, args.out, quantize=args.quantize)
+    except ImportError as err:
+        raise GPTClassifierError(
+            f"exporting to ONNX needs {err.name}, which is not installed: pip install -e '.[export]'"
+        ) from None
     what = (
         f"int8, {megabytes(sizes['int8_bytes'])} (fp32: {megabytes(sizes['fp32_bytes'])})"
         if args.quantize

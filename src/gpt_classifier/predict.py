@@ -143,8 +143,12 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
     """A `Predictor` for a trained checkpoint (`.ckpt`, torch) or an exported model (`.onnx`, ONNX
     Runtime: no torch model, and `onnxruntime` is imported only then)."""
     if Path(path).suffix.lower() == ".onnx":
-        from gpt_classifier.onnx_classifier import OnnxClassifier
-
+        try:
+            from gpt_classifier.onnx_classifier import OnnxClassifier
+        except ImportError as err:
+            raise GPTClassifierError(
+                f"{path} is an ONNX model and {err.name} is not installed: pip install -e '.[export]'"
+            ) from None
         return Predictor(OnnxClassifier.load(path, device))
     device = pick_device(device)
     return Predictor(load_classifier(path, map_location=device), device)
