@@ -1,16 +1,8 @@
-"""Classify texts with a trained checkpoint: `python predict.py ckpt_path=... text="..."`."""
+"""Classify texts with a trained checkpoint or an exported ONNX model: `python predict.py --help`."""
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-from gpt_classifier.predict import predict
-from gpt_classifier.sweeps import run_task
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
-def main(cfg: DictConfig) -> None:
-    run_task(predict, cfg)
-
+from gpt_classifier.predict import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

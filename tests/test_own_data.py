@@ -49,7 +49,7 @@ def test_three_class_csv_trains_and_predicts_class_names(tmp_path):
     texts.write_text("Bake the bread for 20 minutes at 180 degrees.\nThe hockey team won 3 to 1 on Sunday.\n")
     predict = run_cli(
         PREDICT_PY,
-        ["device=cpu", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"texts_file={texts}"],
+        [str(run_dir / "checkpoints" / "last.ckpt"), "--file", str(texts), "--device", "cpu"],
         tmp_path,
     )
     assert predict.returncode == 0, predict

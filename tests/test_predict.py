@@ -1,18 +1,23 @@
-"""Classifying new texts: `classify_review`, batched `predict_texts`, `predict.py`, broken checkpoints."""
+"""Classifying new texts: `classify_review`, batched `predict_texts`, the `predict.py` command line
+(.ckpt and .onnx), broken checkpoints and inputs."""
 
+import json
 import math
+import re
 import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
 import torch
-from helpers import PREDICT_PY, TINY_MODEL, adamw, quiet_trainer, run_many
-from hydra import compose, initialize_config_dir
+from helpers import PREDICT_PY, TINY_MODEL, CliResult, adamw, cli_env, quiet_trainer, run_many
 
 from gpt_classifier.checkpoints import load_classifier
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.module import GPTClassifier
-from gpt_classifier.predict import classify_review, predict, predict_texts
+from gpt_classifier.onnx_export import export_onnx
+from gpt_classifier.predict import classify_review, predict_texts, read_texts
 from gpt_classifier.sms import SpamDataModule
 from gpt_classifier.tokenizer import get_tokenizer
 
@@ -151,25 +156,38 @@ def test_foreign_and_missing_checkpoints_are_clear_errors(tmp_path):
         load_classifier(tmp_path / "missing.ckpt")
 
 
-def predict_config(overrides):
-    with initialize_config_dir(config_dir=str(PREDICT_PY.parent / "conf"), version_base="1.3"):
-        return compose("predict", overrides=overrides)
-
-
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("texts", "file", "message"),
     [
-        (["text=hello"], "pass ckpt_path="),
-        (["ckpt_path={ckpt}"], "pass exactly one of text="),
-        (["ckpt_path={ckpt}", "text=hello", "texts_file={ckpt}"], "pass exactly one of text="),
-        (["ckpt_path={ckpt}", "texts_file=/missing/texts.txt"], "texts_file=/missing/texts.txt not found"),
+        ([], None, "no texts given"),
+        (["", "  "], None, "no texts given"),
+        (["hello"], "{tmp}/texts.txt", "as arguments or --file, not both"),
+        ([], "/missing/texts.txt", "--file /missing/texts.txt not found"),
+        ([], "{tmp}", "is unreadable"),
+        ([], "{tmp}/empty.txt", "has no text"),
+        ([], "{tmp}/latin1.txt", "is not UTF-8 text (byte 0xe9 at offset 4)"),
     ],
 )
-def test_predict_task_errors(trained, overrides, message):
-    ckpt = trained["book"][2]
-    cfg = predict_config([o.format(ckpt=ckpt) for o in overrides])
-    with pytest.raises(GPTClassifierError, match=message):
-        predict(cfg)
+def test_read_texts_errors(tmp_path, texts, file, message):
+    (tmp_path / "texts.txt").write_text("hello\n")
+    (tmp_path / "empty.txt").write_text("\n \n\n")
+    (tmp_path / "latin1.txt").write_bytes("cafe\u00e9\n".encode("latin-1"))
+    with pytest.raises(GPTClassifierError, match=re.escape(message)):
+        read_texts(texts, file and file.format(tmp=tmp_path))
+
+
+def test_read_texts_skips_and_counts_blank_lines(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_bytes("\ufeffone, two!\r\n\r\n   \nthree\u2028still three\n\n".encode())
+    assert read_texts([], str(path)) == (["one, two!", "three\u2028still three"], 3)
+    path.write_text("no final newline\n\nlast")
+    assert read_texts([], str(path)) == (["no final newline", "last"], 1)
+    assert read_texts(["a", "", "b"], None) == (["a", "b"], 1)
+
+
+QUOTES = 'She said "call me" and I\'m like... ok'
+ENDOFTEXT_TEXT = "a literal <|endoftext|> in a message"
+ARG_TEXTS = [HAM, "You won a 1000 cash prize, call now!", QUOTES, ENDOFTEXT_TEXT]
 
 
 @pytest.fixture(scope="module")
@@ -177,22 +195,38 @@ def cli(trained, tmp_path_factory):
     """The `predict.py` runs of this module, started together."""
     cwd = tmp_path_factory.mktemp("predict_cli")
     ckpt = trained["book"][2]
+    onnx = cwd.parent / "book.onnx"  # outside cwd: the runs must write nothing there
+    export_onnx(load_classifier(ckpt), onnx)
     texts_file = cwd / "messages.txt"
     texts_file.write_text(f"{SPAM}\n\n{HAM}\nok then, see you at 5\n", encoding="utf-8")
+    (cwd / "latin1.txt").write_bytes(b"caf\xe9\n")
+    (cwd / "notes.ckpt").write_text("not a checkpoint\n")
     jobs = {
-        "text": ["device=cpu", f"ckpt_path={ckpt}", f"text='{SPAM}'"],
-        "texts_file": ["device=cpu", f"ckpt_path={ckpt}", f"texts_file={texts_file}"],
-        "missing_ckpt": ["device=cpu", f"ckpt_path={cwd / 'missing.ckpt'}", "text=hello"],
-        "no_text": ["device=cpu", f"ckpt_path={ckpt}"],
-        # README's command `'text="..."'` after the shell removed the single quotes; '!' and ','
-        # need Hydra's quotes
-        "documented_command": [
-            "device=cpu",
-            f"ckpt_path={ckpt}",
-            'text="You won a 1000 cash prize, call now!"',
-        ],
+        "text": [str(ckpt), SPAM, "--device", "cpu"],
+        "args": [str(ckpt), *ARG_TEXTS],
+        "json": [str(ckpt), "--json", *ARG_TEXTS],
+        "onnx": [str(onnx), *ARG_TEXTS],
+        "texts_file": [str(ckpt), "--file", str(texts_file), "--batch-size", "2"],
+        "threshold_0": [str(ckpt), "--threshold", "0", HAM, SPAM],
+        "missing_ckpt": [str(cwd / "missing.ckpt"), "hello"],
+        "unreadable_ckpt": [str(cwd / "notes.ckpt"), "hello"],
+        "no_text": [str(ckpt)],
+        "latin1": [str(ckpt), "--file", str(cwd / "latin1.txt")],
+        "bad_threshold": [str(ckpt), "--threshold", "1.5", "hello"],
+        "help": ["--help"],
     }
     results = run_many({name: (PREDICT_PY, args, cwd) for name, args in jobs.items()}, timeout=300)
+    # stdin: the one form run_many cannot feed
+    stdin = subprocess.run(
+        [sys.executable, str(PREDICT_PY), str(ckpt), "--file", "-"],
+        input=f"{HAM}\n\n{SPAM}\n",
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=cli_env(),
+        timeout=300,
+    )
+    results["stdin"] = CliResult(stdin.args, stdin.returncode, stdin.stdout, stdin.stderr)
     results["texts"] = [SPAM, HAM, "ok then, see you at 5"]
     results["cwd"] = cwd
     return results
@@ -223,14 +257,58 @@ def test_cli_text(cli, trained):
     assert_predicted(cli["text"], trained["book"][0], [SPAM])
 
 
+def test_cli_texts_as_typed(cli, trained):
+    """Commas, '!', quotes and a literal <|endoftext|> reach the model as typed, in order."""
+    assert_predicted(cli["args"], trained["book"][0], ARG_TEXTS)
+    assert cli["args"].stderr == ""
+
+
+def test_cli_json(cli, trained):
+    rows = [json.loads(line) for line in cli["json"].stdout.splitlines()]
+    expected = predict_texts(ARG_TEXTS, trained["book"][0])
+    assert [row["text"] for row in rows] == ARG_TEXTS
+    for row, want in zip(rows, expected, strict=True):
+        assert set(row) == {"text", "label", "probability", "probabilities"}
+        assert row["label"] == want.label
+        assert row["probabilities"] == pytest.approx(want.probabilities, abs=1e-5)
+        assert row["probability"] == pytest.approx(row["probabilities"][row["label"]])
+
+
+def test_cli_onnx_model_predicts_as_the_checkpoint(cli, trained):
+    assert_predicted(cli["onnx"], trained["book"][0], ARG_TEXTS)
+
+
 def test_cli_texts_file(cli, trained):
-    """One line per non-blank line of the file, in order."""
+    """One line per non-blank line of the file, in order; the blank one is counted on stderr."""
     assert_predicted(cli["texts_file"], trained["book"][0], cli["texts"])
+    assert cli["texts_file"].stderr.strip() == "skipped 1 empty line"
+
+
+def test_cli_stdin(cli, trained):
+    assert_predicted(cli["stdin"], trained["book"][0], [HAM, SPAM])
+    assert "skipped 1 empty line" in cli["stdin"].stderr
+
+
+def test_cli_threshold_overrides_the_decision(cli):
+    """Threshold 0: the positive class (spam) whatever its probability."""
+    assert [line.split("\t")[0] for line in cli["threshold_0"].stdout.splitlines()] == ["spam", "spam"]
+
+
+def test_cli_help_lists_every_option(cli):
+    assert cli["help"].returncode == 0
+    for option in ("--file", "--json", "--batch-size", "--device", "--threshold", "--max-length", ".onnx"):
+        assert option in cli["help"].stdout
 
 
 @pytest.mark.parametrize(
     ("name", "message"),
-    [("missing_ckpt", "missing.ckpt not found"), ("no_text", "pass exactly one of text=")],
+    [
+        ("missing_ckpt", "missing.ckpt not found"),
+        ("unreadable_ckpt", "notes.ckpt is unreadable"),
+        ("no_text", "no texts given"),
+        ("latin1", "is not UTF-8 text"),
+        ("bad_threshold", "invalid probability value: '1.5'"),
+    ],
 )
 def test_cli_errors_are_one_line(cli, name, message):
     result = cli[name]
@@ -241,15 +319,8 @@ def test_cli_errors_are_one_line(cli, name, message):
     assert len(lines) == 1 and message in lines[0], result  # the error line and nothing else
 
 
-def test_cli_documented_text_command(cli):
-    result = cli["documented_command"]
-    assert result.returncode == 0, result
-    assert result.stdout.strip().endswith("\tYou won a 1000 cash prize, call now!"), result
-
-
 def test_cli_writes_nothing_into_the_working_directory(cli):
-    """`predict.py` writes no run folder or log file (`hydra.output_subdir: null`, `run.dir: .`)."""
-    assert sorted(p.name for p in cli["cwd"].iterdir()) == ["messages.txt"]
+    assert sorted(p.name for p in cli["cwd"].iterdir()) == ["latin1.txt", "messages.txt", "notes.ckpt"]
 
 
 def test_truncated_checkpoint_copy_keeps_the_original(trained, tmp_path):
@@ -261,3 +332,18 @@ def test_truncated_checkpoint_copy_keeps_the_original(trained, tmp_path):
     with pytest.raises(GPTClassifierError, match="unreadable"):
         load_classifier(copy)
     assert load_classifier(path).reading.position == "flexible"
+
+
+def test_prediction_imports_no_training_stack(trained):
+    """What keeps `predict.py` fast: no Lightning, Hydra, matplotlib, Hub client or torch._dynamo (which
+    the meta-device init of an embedding would import) on the way from a checkpoint to a prediction."""
+    code = (
+        "import sys, torch; from gpt_classifier.predict import load_predictor; "
+        f"load_predictor({str(trained['book'][2])!r}).predict(['hi']); "
+        "assert torch.nn.init.normal_.__name__ == 'normal_'; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', 'hydra', 'matplotlib', "
+        "'huggingface_hub', 'transformers', 'onnxruntime'}), 'torch._dynamo' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "False"]

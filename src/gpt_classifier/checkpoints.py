@@ -7,11 +7,14 @@ classifier and data settings) and `state_dict` (the `GPTClassifier`'s, keys `cla
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from gpt_classifier.classifier import TextClassifier, build_classifier
 from gpt_classifier.errors import GPTClassifierError
@@ -54,6 +57,17 @@ def classifier_settings(hparams: dict[str, Any]) -> dict[str, Any]:
     return {key: hparams.get(key) for key in keys}
 
 
+@contextlib.contextmanager
+def skipped_normal_init() -> Iterator[None]:
+    """`nn.init.normal_` as a no-op: on the meta device it would import torch._dynamo (~1 s of start-up)."""
+    normal = nn.init.normal_
+    nn.init.normal_ = lambda tensor, *args, **kwargs: tensor
+    try:
+        yield
+    finally:
+        nn.init.normal_ = normal
+
+
 def load_classifier(
     path: str | Path, map_location: str | torch.device = "cpu", *, merge: bool = True
 ) -> TextClassifier:
@@ -64,7 +78,7 @@ def load_classifier(
     checkpoint = read_checkpoint(path, map_location)
     settings = classifier_settings(checkpoint["hyper_parameters"])
     settings["model"] = {**settings["model"], "weights": "random"}  # the checkpoint holds every weight
-    with torch.device("meta"):  # no time spent initialising weights that are replaced at once
+    with torch.device("meta"), skipped_normal_init():  # no time on weights that are replaced at once
         classifier = build_classifier(**settings)
     state = {k.removeprefix(STATE_PREFIX): v for k, v in checkpoint["state_dict"].items()}
     classifier.load_state_dict(state, assign=True)

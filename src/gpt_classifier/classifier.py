@@ -8,7 +8,7 @@ its output depends on; the frozen-trunk cache and the model's packed path both a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
@@ -57,7 +57,7 @@ class Reading:
     def read_positions(self, lengths: Tensor, widths: Tensor | int) -> Tensor:
         """The position read in each example: `widths - 1` (last), 0 (first) or `lengths - 1`."""
         if self.position == "last":
-            return torch.as_tensor(widths, device=lengths.device).expand_as(lengths) - 1
+            return per_example(widths, lengths) - 1
         if self.position == "first":
             return torch.zeros_like(lengths)
         return lengths - 1
@@ -66,10 +66,26 @@ class Reading:
         """How many leading positions of each example the output depends on: with the causal mask, up
         to the read position (mean pooling: the real tokens); without it, all `widths`."""
         if not self.causal:
-            return torch.as_tensor(widths, device=lengths.device).expand_as(lengths).clone()
+            return per_example(widths, lengths)
         if self.pooling == "mean":
             return lengths
         return self.read_positions(lengths, widths) + 1
+
+
+def per_example(widths: Tensor | int, lengths: Tensor) -> Tensor:
+    """`widths` as one value per example, shaped like `lengths`; a symbolic width stays symbolic (ONNX)."""
+    if isinstance(widths, Tensor):
+        return widths.to(lengths.device).expand_as(lengths).clone()
+    return torch.full_like(lengths, widths)
+
+
+def decide(probabilities: Tensor, *, positive_class: int, threshold: float | None) -> Tensor:
+    """The predicted class per row of `probabilities` `[B, classes]`: argmax, or for two classes with
+    a threshold, `positive_class` when its probability is >= the threshold."""
+    if threshold is None or probabilities.shape[-1] != 2:
+        return probabilities.argmax(-1)
+    positive = probabilities[:, positive_class] >= threshold
+    return torch.where(positive, positive_class, 1 - positive_class)
 
 
 class TextClassifier(nn.Module):
@@ -102,13 +118,22 @@ class TextClassifier(nn.Module):
         self.threshold = threshold
 
     def decide(self, probabilities: Tensor, threshold: float | None = None) -> Tensor:
-        """The predicted class per row of `probabilities` `[B, classes]`: argmax, or for two classes with
-        a threshold (given, else the classifier's own), positive when its probability is >= it."""
+        """The predicted class per row of `probabilities` (see `decide`); `threshold` overrides the own."""
         threshold = self.threshold if threshold is None else threshold
-        if threshold is None or len(self.class_names) != 2:
-            return probabilities.argmax(-1)
-        positive = probabilities[:, self.positive_class] >= threshold
-        return torch.where(positive, self.positive_class, 1 - self.positive_class)
+        return decide(probabilities, positive_class=self.positive_class, threshold=threshold)
+
+    def settings(self) -> dict[str, Any]:
+        """What using the classifier needs besides its weights (JSON): exports carry it (ONNX, HF)."""
+        return {
+            "class_names": self.class_names,
+            "max_length": self.max_length,
+            "context_length": self.context_length,
+            "padding": self.padding,
+            "pad_token_id": self.pad_token_id,
+            **asdict(self.reading),
+            "positive_class": self.positive_class,
+            "threshold": self.threshold,
+        }
 
     def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
         """Class logits `[B, classes]` for token ids padded to a common width, `lengths` real tokens each."""

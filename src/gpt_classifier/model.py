@@ -211,7 +211,7 @@ class GPTModel(nn.Module):
             logits = self.out_head(self.final_norm(blocks(x)))  # the book's `model(x)`, then `[:, -1, :]`
             if mean_over is not None:
                 return masked_mean(logits, mean_over)
-            return logits[torch.arange(len(logits), device=x.device), read_pos]
+            return logits[torch.arange(logits.shape[0], device=x.device), read_pos]
         packing = Packing(prefix, x.shape[1])
         return self.classify_rows(
             packing.pack(x), packing, start_block=start_block, read_pos=read_pos, mean_over=mean_over

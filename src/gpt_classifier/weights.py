@@ -14,8 +14,6 @@ import os
 from pathlib import Path
 
 import torch
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
@@ -43,6 +41,9 @@ def checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
             f"weights {name!r} is neither a folder nor a known model: "
             f"use one of {', '.join(HUB_REPOS)}, a local Hugging Face folder, or 'random'"
         )
+    from huggingface_hub import hf_hub_download  # here: prediction from a checkpoint never needs it
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
     try:  # cached, resumable, and honours HF_HUB_OFFLINE
         hf_hub_download(HUB_REPOS[name], "config.json")
         return Path(hf_hub_download(HUB_REPOS[name], WEIGHTS_FILE)).parent

@@ -1,0 +1,8 @@
+"""Export a trained checkpoint to a Hugging Face folder or ONNX: `python export.py --help`."""
+
+import sys
+
+from gpt_classifier.export import main
+
+if __name__ == "__main__":
+    sys.exit(main())
