@@ -305,7 +305,7 @@ def cli_errors(checkpoint, tmp_path_factory):
         ("missing", "missing.ckpt not found"),
         ("broken", "broken.ckpt is unreadable"),
         ("port_taken", "cannot listen on 127.0.0.1:"),
-        ("bad_device", "--device teapot is not a device"),
+        ("bad_device", "--device 'teapot' is unknown"),
     ],
 )
 def test_cli_errors_are_one_line(cli_errors, name, message):
@@ -382,3 +382,20 @@ def test_the_page_in_a_real_browser(server, expected, tmp_path):
         assert wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#result [role=alert]")).text
     finally:
         browser.quit()
+
+
+def test_an_exported_onnx_model_is_served_with_the_same_numbers(checkpoint, texts, expected, tmp_path):
+    """`serve.py model.onnx`: ONNX Runtime behind the same API (`predict.load_predictor`)."""
+    from gpt_classifier.onnx_export import export_onnx
+
+    onnx_path = tmp_path / "model.onnx"
+    export_onnx(load_classifier(checkpoint), onnx_path)
+    running = Server(onnx_path, "--no-access-log")
+    try:
+        status, body = post(running.port, {"texts": texts})
+    finally:
+        running.stop()
+    assert status == 200
+    assert len(body["predictions"]) == len(texts)
+    for answer, text in zip(body["predictions"], texts, strict=True):
+        assert_matches(answer, expected[text])

@@ -15,23 +15,19 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
 from gpt_classifier.batching import Batcher
-from gpt_classifier.checkpoints import load_classifier
-from gpt_classifier.classifier import TextClassifier
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.predict import Prediction, pick_device, predict_texts
-from gpt_classifier.tokenizer import get_tokenizer
+from gpt_classifier.predict import Prediction, Predictor, load_predictor
 
 log = logging.getLogger(__name__)
 
@@ -39,40 +35,9 @@ USAGE = 'send {"texts": ["...", ...]} or {"text": "..."}'
 JSON_TYPES = {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}
 
 
-class Predictor(Protocol):
-    """What the server needs of a model: its class names, and predictions for texts in input order."""
-
-    class_names: list[str]
-
-    def predict(self, texts: list[str], batch_size: int) -> list[Prediction]: ...
-
-
-@dataclass
-class CheckpointPredictor:
-    """A checkpoint's `TextClassifier` behind the `Predictor` protocol."""
-
-    classifier: TextClassifier
-    device: torch.device
-    tokenizer: Any = field(default_factory=get_tokenizer)
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.classifier.class_names
-
-    def predict(self, texts: list[str], batch_size: int) -> list[Prediction]:
-        return predict_texts(texts, self.classifier, self.tokenizer, self.device, batch_size=batch_size)
-
-
 def load_model(path: str | Path, device_name: str = "cpu") -> Predictor:
-    """The model behind the server: the one place to change for other model files (`.onnx` once
-    `predict.load_predictor` exists, which has this protocol)."""
-    try:
-        device = pick_device(device_name)
-    except RuntimeError:
-        raise GPTClassifierError(f"--device {device_name} is not a device: use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GPTClassifierError(f"--device {device_name}: this machine has no CUDA device; use --device cpu")
-    return CheckpointPredictor(load_classifier(path, map_location=device), device)
+    """The model behind the server: a trained checkpoint (`.ckpt`) or an exported `.onnx`."""
+    return load_predictor(path, device_name)
 
 
 @dataclass
