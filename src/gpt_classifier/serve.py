@@ -164,7 +164,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Serve a trained classifier: POST /predict (JSON), GET /health, GET /stats, a page at /.",
     )
     add = parser.add_argument
-    add("checkpoint", metavar="CKPT", help="a gpt-classifier checkpoint (.ckpt)")
+    add("checkpoint", metavar="CKPT", help="a gpt-classifier checkpoint (.ckpt) or an exported model (.onnx)")
     add("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0: every one)")
     add("--port", type=int, default=8000, help="port (default: %(default)s; 0: any free port)")
     add("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
