@@ -16,7 +16,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from gpt_classifier.callbacks import AtomicCheckpointIO, link_or_copy
-from gpt_classifier.checkpoints import check_resume, classifier_settings, read_checkpoint, write_decision
+from gpt_classifier.checkpoints import (
+    check_resume,
+    classifier_settings,
+    read_hyper_parameters,
+    write_decision,
+)
 from gpt_classifier.data import SPLITS, TextClassificationDataModule
 from gpt_classifier.decision import ARGMAX_THRESHOLD, decision_of, positive_index
 from gpt_classifier.errors import GPTClassifierError
@@ -109,12 +114,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.ckpt_path:  # one clear line now, not a size mismatch deep inside load_state_dict
             check_resume(cfg.ckpt_path, dict(module.hparams))
     else:  # evaluate a checkpoint: its own model and data settings, not the command line's
-        checkpoint = read_checkpoint(cfg.ckpt_path)
-        settings = classifier_settings(checkpoint["hyper_parameters"])
+        settings = classifier_settings(read_hyper_parameters(cfg.ckpt_path))
         data = settings["data"] or {}
         datamodule = make_datamodule(cfg, max_length=data.get("max_length"), padding=data.get("padding"))
         module = GPTClassifier(**{**settings, "model": {**settings["model"], "weights": "random"}})
-        module.on_load_checkpoint(checkpoint)  # its history and examples seen, for the report
     trainer = make_trainer(cfg)
 
     started = time.perf_counter()
@@ -127,6 +130,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     evaluated = best or cfg.ckpt_path
     if cfg.test:
         trainer.test(module, datamodule=datamodule, ckpt_path=evaluated, weights_only=True, verbose=False)
+        if not cfg.train:  # the evaluated checkpoint's own history, restored by `test`
+            history, examples_seen = list(module.history), module.examples_seen
     metrics: dict[str, float] = {key: module.final_metrics[key] for key in METRIC_KEYS if cfg.test}
     if not trainer.is_global_zero:
         return metrics
