@@ -11,7 +11,6 @@ the book's final evaluation.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -26,10 +25,9 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from gpt_classifier.download import sha256_of
 from gpt_classifier.encoding import EncodedDataset, PadCollate, TokenArrays, encode_corpus
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.files import replace_atomically, write_json_atomic
+from gpt_classifier.files import replace_atomically
 from gpt_classifier.tokenizer import PAD_TOKEN_ID, get_tokenizer
 
 log = logging.getLogger(__name__)
@@ -40,31 +38,6 @@ Padding = Literal["max_length", "dynamic", "none"]
 
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
     replace_atomically(path, lambda f: f.write(df.to_csv(index=None).encode()))
-
-
-def split_is_current(data_dir: Path, stamp: dict) -> bool:
-    """True if `data_dir/split.json` says the split CSVs come from `stamp` (source, seed, ...) and they
-    are unchanged since (their sha256): then a prepared split is reused, not rebuilt."""
-    try:
-        saved = json.loads((data_dir / "split.json").read_text())
-    except (OSError, ValueError):
-        return False
-    if not isinstance(saved, dict) or {k: saved.get(k) for k in stamp} != stamp:
-        return False
-    hashes = saved.get("sha256") or {}
-    paths = {split: data_dir / f"{split}.csv" for split in SPLITS}
-    return all(path.is_file() and sha256_of(path) == hashes.get(split) for split, path in paths.items())
-
-
-def write_split(parts: dict[str, pd.DataFrame], data_dir: Path, stamp: dict) -> None:
-    """The three split CSVs, then `split.json`: `stamp`, the row counts and the files' sha256."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for split, part in parts.items():
-        write_csv_atomic(part, data_dir / f"{split}.csv")
-    rows = {split: len(part) for split, part in parts.items()}
-    sha256 = {split: sha256_of(data_dir / f"{split}.csv") for split in SPLITS}
-    write_json_atomic({**stamp, "rows": rows, "sha256": sha256}, data_dir / "split.json")
-    log.info("wrote %s to %s", ", ".join(f"{s}.csv ({n} rows)" for s, n in rows.items()), data_dir)
 
 
 def draw_seed() -> int:

@@ -15,13 +15,15 @@ import tarfile
 import urllib.error
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from gpt_classifier.data import SPLITS, TextClassificationDataModule, split_is_current, write_split
-from gpt_classifier.download import default_cache_dir, download, sha256_of
+from gpt_classifier.data import SPLITS
+from gpt_classifier.download import download, sha256_of
 from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.prepared import PreparedDataModule
 
 log = logging.getLogger(__name__)
 
@@ -96,35 +98,34 @@ def book_split(
     return dict(zip(SPLITS, parts, strict=True))
 
 
-class ImdbDataModule(TextClassificationDataModule):
+class ImdbDataModule(PreparedDataModule):
     """The IMDb Large Movie Review Dataset, split 35,000 / 5,000 / 10,000 as in the book's bonus."""
+
+    DATA_DIR = "data/imdb"
+    URLS = IMDB_URLS
+    CLASS_NAMES = ("negative", "positive")
 
     def __init__(
         self,
-        data_dir: str | os.PathLike = "data/imdb",
-        urls: Sequence[str] = IMDB_URLS,
-        cache_dir: str | os.PathLike | None = None,
+        data_dir: str | os.PathLike | None = None,
+        *,
         sha256: str = IMDB_SHA256,
-        seed: int = 123,
         sizes: Sequence[int] = BOOK_SIZES,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         kwargs.setdefault("max_length", 256)  # the book's IMDb setting
-        super().__init__(data_dir, class_names=["negative", "positive"], **kwargs)
+        super().__init__(data_dir, **kwargs)
         if len(sizes) not in (2, 3) or any(int(n) < 1 for n in sizes):
             raise GPTClassifierError(
                 f"data.sizes={list(sizes)} must be the train, validation (and test) sizes, "
                 "e.g. [35000, 5000, 10000]"
             )
-        self.urls = list(urls)
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.sha256 = sha256
-        self.seed = seed
         self.sizes = [int(n) for n in sizes]
 
-    def prepare_data(self) -> None:
-        stamp = {"source_sha256": self.sha256, "seed": self.seed, "sizes": self.sizes}
-        if split_is_current(self.data_dir, stamp):
-            return
+    def stamp(self) -> dict[str, Any]:
+        return {"source_sha256": self.sha256, "seed": self.seed, "sizes": self.sizes}
+
+    def make_split(self) -> dict[str, pd.DataFrame]:
         df = read_imdb_archive(fetch_imdb_archive(self.urls, self.cache_dir, self.sha256))
-        write_split(book_split(df, self.sizes, self.seed), self.data_dir, stamp)
+        return book_split(df, self.sizes, self.seed)

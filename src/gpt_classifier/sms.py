@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import urllib.error
 import zipfile
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from gpt_classifier.data import SPLITS, TextClassificationDataModule, split_is_current, write_split
-from gpt_classifier.download import default_cache_dir, download, sha256_of
+from gpt_classifier.data import SPLITS
+from gpt_classifier.download import download, sha256_of
 from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.prepared import PreparedDataModule
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +63,15 @@ def balance_and_split(df: pd.DataFrame, seed: int = 123) -> dict[str, pd.DataFra
     return dict(zip(SPLITS, parts, strict=True))
 
 
-class SpamDataModule(TextClassificationDataModule):
+class SpamDataModule(PreparedDataModule):
     """The UCI SMS Spam Collection, balanced and split 70/10/20 exactly as in chapter 6."""
 
-    def __init__(
-        self,
-        data_dir: str | os.PathLike = "data/sms_spam",
-        urls: Sequence[str] = SMS_URLS,
-        cache_dir: str | os.PathLike | None = None,
-        seed: int = 123,
-        **kwargs,
-    ) -> None:
-        super().__init__(data_dir, class_names=["not spam", "spam"], **kwargs)
-        self.urls = list(urls)
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.seed = seed
+    DATA_DIR = "data/sms_spam"
+    URLS = SMS_URLS
+    CLASS_NAMES = ("not spam", "spam")
 
-    def prepare_data(self) -> None:
-        stamp = {"source_sha256": SMS_SHA256, "seed": self.seed}
-        if split_is_current(self.data_dir, stamp):
-            return
-        df = read_sms_collection(fetch_sms_zip(self.urls, self.cache_dir))
-        write_split(balance_and_split(df, self.seed), self.data_dir, stamp)
+    def stamp(self) -> dict[str, Any]:
+        return {"source_sha256": SMS_SHA256, "seed": self.seed}
+
+    def make_split(self) -> dict[str, pd.DataFrame]:
+        return balance_and_split(read_sms_collection(fetch_sms_zip(self.urls, self.cache_dir)), self.seed)
