@@ -8,9 +8,13 @@
 
 The classifier is the book's (gpt2-small size, last block trainable, last token, padded to 120) with
 random weights (no pretrained weights here; the weights do not change the cost), saved as a
-checkpoint in train.py's layout. Agreement is the share of test messages whose label equals fp32's.
+checkpoint in train.py's layout. With `--reading flexible` the torch and ONNX paths use the same
+weights trained the book's row-16 way instead (the last real token, each batch padded only to its
+longest: what `export.py --format hf` needs), while `book` stays the chapter's. Agreement is the
+share of test messages whose label equals fp32's (the same model's).
 
-    python bench/predict_speed.py                 # ~5 minutes on 2 cores
+    python bench/predict_speed.py                 # ~2 minutes on 2 cores
+    python bench/predict_speed.py --reading flexible
     python bench/predict_speed.py --model gpt2-tiny --out results.json
 """
 
@@ -35,18 +39,19 @@ from gpt_classifier.tokenizer import get_tokenizer
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def book_checkpoint(folder: Path, model_name: str, max_length: int) -> Path:
-    """The chapter's classifier with random weights, saved as train.py saves it."""
+def book_checkpoint(folder: Path, model_name: str, max_length: int, *, reading: str = "book") -> Path:
+    """The chapter's classifier with random weights, saved as train.py saves it; `reading="flexible"`:
+    the same weights reading the last real token, trained with dynamic padding (the book's row 16)."""
     model = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{model_name}.yaml"))
     torch.manual_seed(123)
     module = GPTClassifier(
         {**model, "weights": "random"},
         ["not spam", "spam"],
         finetune={"policy": "last_block"},
-        classifier={"position": "last"},
-        data={"max_length": max_length, "padding": "max_length"},
+        classifier={"position": "last" if reading == "book" else "flexible"},
+        data={"max_length": max_length, "padding": "max_length" if reading == "book" else "dynamic"},
     )
-    path = folder / "book.ckpt"
+    path = folder / f"{reading}.ckpt"
     torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
     return path
 
@@ -66,6 +71,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="gpt2-small", help="model config name (conf/model)")
+    parser.add_argument(
+        "--reading", choices=("book", "flexible"), default="book", help="the torch and ONNX paths' model"
+    )
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
 
@@ -75,10 +83,11 @@ def main() -> None:
         data.prepare_data()
         data.setup()
         texts = data.read_split("test")["Text"].astype(str).tolist()
-        ckpt = book_checkpoint(folder, args.model, data.max_length)
+        book_ckpt = book_checkpoint(folder, args.model, data.max_length)
+        ckpt = book_checkpoint(folder, args.model, data.max_length, reading=args.reading)
         tokenizer = get_tokenizer()
         classifier = load_classifier(ckpt)
-        book = load_classifier(ckpt)
+        book = load_classifier(book_ckpt)
         book.read_positions_only = False  # the book's full computation
         fp32, int8 = folder / "fp32.onnx", folder / "int8.onnx"
         started = time.perf_counter()
@@ -101,6 +110,7 @@ def main() -> None:
         labels = {name: [p.label for p in preds] for name, preds in predictions.items()}
         results = {
             "model": args.model,
+            "reading": args.reading,
             "messages": len(texts),
             "threads": torch.get_num_threads(),
             "msgs_per_s": rates,
