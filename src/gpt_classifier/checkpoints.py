@@ -82,9 +82,7 @@ def load_classifier(
         classifier = build_classifier(**settings)
     state = {k.removeprefix(STATE_PREFIX): v for k, v in checkpoint["state_dict"].items()}
     classifier.load_state_dict(state, assign=True)
-    decision = checkpoint.get("decision") or {}
-    classifier.positive_class = decision.get("positive_class", classifier.positive_class)
-    classifier.threshold = decision.get("threshold")
+    classifier.set_decision(checkpoint.get("decision") or {})
     if merge:
         merge_lora(classifier.model)
     return classifier.to(map_location).eval()

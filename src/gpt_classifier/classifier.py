@@ -122,6 +122,16 @@ class TextClassifier(nn.Module):
         threshold = self.threshold if threshold is None else threshold
         return decide(probabilities, positive_class=self.positive_class, threshold=threshold)
 
+    def decision(self) -> dict[str, int | float | None]:
+        """The decision settings, as a checkpoint's top-level `decision` holds them."""
+        return {"positive_class": self.positive_class, "threshold": self.threshold}
+
+    def set_decision(self, decision: dict[str, Any]) -> None:
+        """Take a `decision` (a checkpoint's, or training's `decision.*`): its positive class when it
+        names one, and its threshold (None: argmax)."""
+        self.positive_class = decision.get("positive_class", self.positive_class)
+        self.threshold = decision.get("threshold")
+
     def settings(self) -> dict[str, Any]:
         """What using the classifier needs besides its weights (JSON): exports carry it (ONNX, HF)."""
         return {

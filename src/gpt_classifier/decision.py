@@ -20,7 +20,6 @@ from torchmetrics.functional.classification import (
     multiclass_calibration_error,
 )
 
-from gpt_classifier.classifier import TextClassifier
 from gpt_classifier.errors import GPTClassifierError
 
 log = logging.getLogger(__name__)
@@ -145,8 +144,3 @@ def choose_threshold(
             min_precision,
         )
     return threshold
-
-
-def decision_of(classifier: TextClassifier) -> dict[str, int | float | None]:
-    """What a checkpoint's top-level `decision` holds (read by `checkpoints.load_classifier`)."""
-    return {"positive_class": classifier.positive_class, "threshold": classifier.threshold}

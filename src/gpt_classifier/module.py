@@ -28,7 +28,7 @@ from gpt_classifier.cache import TrunkCache
 from gpt_classifier.callbacks import ClearCacheOnFailure
 from gpt_classifier.classifier import build_classifier
 from gpt_classifier.data import SPLITS
-from gpt_classifier.decision import check_settings, choose_threshold, class_weights, decision_of, scores
+from gpt_classifier.decision import check_settings, choose_threshold, class_weights, scores
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.finetune import count_parameters, first_trainable_block
 from gpt_classifier.reports import per_class_report
@@ -82,8 +82,7 @@ class GPTClassifier(L.LightningModule):
         self.decision = decision
         if decision is not None:  # training: the config decides; else the checkpoint (on_load_checkpoint)
             check_settings(decision, len(class_names))
-            self.classifier.positive_class = decision.get("positive_class", self.classifier.positive_class)
-            self.classifier.threshold = decision.get("threshold")
+            self.classifier.set_decision(decision)
         trainable, total = count_parameters(self.classifier.model)
         log.info(
             "trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
@@ -270,15 +269,14 @@ class GPTClassifier(L.LightningModule):
         checkpoint["examples_seen"] = self.examples_seen
         checkpoint["history"] = self.history
         checkpoint["rng_states"] = rng_states()
-        checkpoint["decision"] = decision_of(self.classifier)
+        checkpoint["decision"] = self.classifier.decision()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.examples_seen = checkpoint.get("examples_seen", 0)
         self.history = checkpoint.get("history", [])
         self._resumed_rng_states = checkpoint.get("rng_states")
         if self.decision is None and checkpoint.get("decision"):  # evaluating a checkpoint: its own
-            self.classifier.positive_class = checkpoint["decision"]["positive_class"]
-            self.classifier.threshold = checkpoint["decision"]["threshold"]
+            self.classifier.set_decision(checkpoint["decision"])
 
     def on_train_start(self) -> None:
         """A resumed run continues the random stream (dropout) where the checkpoint left it."""

@@ -23,7 +23,7 @@ from gpt_classifier.checkpoints import (
     write_decision,
 )
 from gpt_classifier.data import SPLITS, TextClassificationDataModule
-from gpt_classifier.decision import ARGMAX_THRESHOLD, decision_of, positive_index
+from gpt_classifier.decision import ARGMAX_THRESHOLD, positive_index
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.files import write_json_atomic
 from gpt_classifier.module import SHORT_NAMES, GPTClassifier
@@ -164,7 +164,7 @@ def save_decision(module: GPTClassifier, best: str) -> None:
     is the same file (a hard link); a `last.ckpt` of a later epoch is another model: it keeps argmax."""
     last = Path(best).with_name("last.ckpt")
     same = last.is_file() and os.path.samefile(best, last)
-    write_decision(best, decision_of(module.classifier))
+    write_decision(best, module.classifier.decision())
     if same:
         link_or_copy(best, str(last))
 
