@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
+import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from gpt_classifier.errors import GPTClassifierError
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -48,3 +53,19 @@ def download(url: str, dest: Path, sha256: str, timeout: float = 30.0) -> Path:
         if os.path.exists(tmp_name):
             os.remove(tmp_name)
     return dest
+
+
+def fetch_verified(urls: Sequence[str], dest: Path, sha256: str) -> tuple[Path | None, list[str]]:
+    """`dest` when it already holds the file with `sha256`, else the first of `urls` that downloads it
+    verified; None when none does, with each url's failure (the caller falls back or says so)."""
+    if dest.is_file() and sha256_of(dest) == sha256:
+        return dest, []
+    failures = []
+    for url in urls:
+        try:
+            return download(url, dest, sha256), []
+        except (urllib.error.URLError, OSError, GPTClassifierError) as err:
+            reason = getattr(err, "reason", err)
+            failures.append(f"{url}: {reason}")
+            log.info("download from %s failed: %s", url, reason)
+    return None, failures

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import tarfile
-import urllib.error
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from gpt_classifier.data import SPLITS
-from gpt_classifier.download import download, sha256_of
+from gpt_classifier.download import fetch_verified
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.prepared import PreparedDataModule
 
@@ -37,16 +36,9 @@ LABELS = {"pos": 1, "neg": 0}
 
 def fetch_imdb_archive(urls: Sequence[str], cache_dir: Path, sha256: str = IMDB_SHA256) -> Path:
     """The verified archive: cached, else downloaded from the first of `urls` that answers."""
-    dest = cache_dir / IMDB_ARCHIVE
-    if dest.is_file() and sha256_of(dest) == sha256:
-        return dest
-    failures = []
-    for url in urls:
-        try:
-            return download(url, dest, sha256)
-        except (urllib.error.URLError, OSError, GPTClassifierError) as err:
-            failures.append(f"{url}: {getattr(err, 'reason', err)}")
-            log.info("download from %s failed: %s", url, getattr(err, "reason", err))
+    fetched, failures = fetch_verified(urls, cache_dir / IMDB_ARCHIVE, sha256)
+    if fetched is not None:
+        return fetched
     raise GPTClassifierError(
         f"the IMDb archive could not be downloaded ({'; '.join(failures) or 'no data.urls'}): "
         f"when offline, copy {IMDB_ARCHIVE} into {cache_dir} (or set data.cache_dir)"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import urllib.error
 import zipfile
 from collections.abc import Sequence
 from importlib.resources import files
@@ -14,8 +13,7 @@ from typing import Any
 import pandas as pd
 
 from gpt_classifier.data import SPLITS
-from gpt_classifier.download import download, sha256_of
-from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.download import fetch_verified
 from gpt_classifier.prepared import PreparedDataModule
 
 log = logging.getLogger(__name__)
@@ -30,14 +28,9 @@ SMS_ZIP = "sms_spam_collection.zip"
 
 def fetch_sms_zip(urls: Sequence[str], cache_dir: Path) -> Path:
     """The verified UCI zip: cached, else downloaded, else the copy shipped with the package."""
-    dest = cache_dir / SMS_ZIP
-    if dest.is_file() and sha256_of(dest) == SMS_SHA256:
-        return dest
-    for url in urls:
-        try:
-            return download(url, dest, SMS_SHA256)
-        except (urllib.error.URLError, OSError, GPTClassifierError) as err:
-            log.info("download from %s failed: %s", url, getattr(err, "reason", err))
+    fetched, _ = fetch_verified(urls, cache_dir / SMS_ZIP, SMS_SHA256)
+    if fetched is not None:
+        return fetched
     bundled = Path(str(files("gpt_classifier") / "assets" / SMS_ZIP))
     log.warning("SMS Spam Collection not reachable online; using the copy shipped with gpt-classifier")
     return bundled
