@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -33,11 +32,6 @@ log = logging.getLogger(__name__)
 
 USAGE = 'send {"texts": ["...", ...]} or {"text": "..."}'
 JSON_TYPES = {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}
-
-
-def load_model(path: str | Path, device_name: str = "cpu") -> Predictor:
-    """The model behind the server: a trained checkpoint (`.ckpt`) or an exported `.onnx`."""
-    return load_predictor(path, device_name)
 
 
 @dataclass
@@ -220,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     limits = Limits(args.max_batch_size, args.max_wait_ms, args.max_body_bytes, args.max_texts)
     try:
-        predictor = load_model(args.checkpoint, args.device)
+        predictor = load_predictor(args.checkpoint, args.device)  # a .ckpt or an .onnx
         sock = listen(args.host, args.port)
     except GPTClassifierError as err:
         print(f"error: {err}", file=sys.stderr)
