@@ -2,7 +2,7 @@
 
 import sys
 
-from gpt_classifier.predict import main
+from gpt_classifier.cli.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,72 +4,12 @@
     python bench/baseline.py data=csv data.path=reviews.csv
     python bench/baseline.py data=imdb                # the book's IMDb baseline (its README: 88.85 % test)
 
-Any `data=...` config and override works: the data module is instantiated from the Hydra config and
-prepares its split as `train.py` would (same files, same seed). Prints and writes `metrics.json` with
-the keys `train.py` writes: accuracy and cross-entropy (log loss) per split. Needs scikit-learn
-(`pip install -e ".[bench]"`). Tokens are scikit-learn's words, not GPT-2's.
+The same as `gpt-classifier baseline ...` (gpt_classifier.training.baseline).
 """
 
-import time
-from pathlib import Path
+import sys
 
-import hydra
-from hydra.utils import instantiate
-from omegaconf import DictConfig
-
-from gpt_classifier.data import SPLITS
-from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.files import write_json_atomic
-from gpt_classifier.module import SHORT_NAMES
-from gpt_classifier.sweeps import run_task
-from gpt_classifier.train import METRIC_KEYS
-
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
-
-def baseline(cfg: DictConfig) -> dict[str, float]:
-    try:
-        from sklearn.feature_extraction.text import CountVectorizer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.metrics import accuracy_score, log_loss
-    except ImportError:
-        raise GPTClassifierError('the baseline needs scikit-learn: pip install -e ".[bench]"') from None
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    frames = {split: datamodule.read_split(split) for split in SPLITS}
-    texts = {s: df[datamodule.text_column].astype(str).tolist() for s, df in frames.items()}
-    labels = {s: df[datamodule.label_column].astype(int).to_numpy() for s, df in frames.items()}
-    classes = sorted(set().union(*(set(y.tolist()) for y in labels.values())))
-    started = time.perf_counter()
-    vectorizer = CountVectorizer()
-    features = vectorizer.fit_transform(texts["train"])
-    model = LogisticRegression(max_iter=1000).fit(features, labels["train"])
-    seconds = time.perf_counter() - started
-    metrics: dict[str, float] = {}
-    for split in SPLITS:
-        x = features if split == "train" else vectorizer.transform(texts[split])
-        name = SHORT_NAMES[split]
-        metrics[f"{name}_acc"] = float(accuracy_score(labels[split], model.predict(x)))
-        metrics[f"{name}_loss"] = float(log_loss(labels[split], model.predict_proba(x), labels=classes))
-    metrics = {key: metrics[key] for key in METRIC_KEYS}
-    metrics["train_seconds"] = round(seconds, 2)
-    out_dir = Path(cfg.paths.output_dir)
-    write_json_atomic(metrics, out_dir / "metrics.json")
-    rows = [f"{'split':<12}{'accuracy':>10}{'loss':>10}"]
-    for split in SPLITS:
-        name = SHORT_NAMES[split]
-        rows.append(f"{split:<12}{100 * metrics[f'{name}_acc']:>9.2f}%{metrics[f'{name}_loss']:>10.4f}")
-    vocabulary = f"{len(vectorizer.vocabulary_):,} words"
-    rows.append(f"CountVectorizer ({vocabulary}) + LogisticRegression, fitted in {seconds:.1f} s")
-    rows.append(f"metrics:       {out_dir / 'metrics.json'}")
-    print("\n".join(rows), flush=True)
-    return metrics
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> None:
-    run_task(baseline, cfg)
-
+from gpt_classifier.cli.train import baseline_main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(baseline_main(sys.argv[1:]))

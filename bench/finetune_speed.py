@@ -8,7 +8,7 @@ Modes (book settings otherwise: 5 epochs, batch 8, AdamW 5e-5, last_block, rando
 Each mode runs `train.py` in its own process (so peak RSS is its own) and reports wall seconds,
 CPU seconds (user + system, which other load on the machine barely changes), training tokens/s
 (real tokens), peak RSS, final accuracies, FLOPs and their floor at this machine's measured fp32
-matmul rate, and each run's per-phase seconds (`gpt_classifier.phases.PhaseTimer`: start-up,
+matmul rate, and each run's per-phase seconds (`gpt_classifier.training.phases.PhaseTimer`: start-up,
 cache pass, training steps, validation, checkpoints, final evaluation, reports; wall and CPU).
 It then times batched prediction against one-at-a-time.
 
@@ -50,7 +50,7 @@ MODES = {
         "classifier.read_positions_only=true",
     ],
 }
-PHASE_NAMES = {  # phases.json keys (gpt_classifier.phases.PHASES) and their column headers
+PHASE_NAMES = {  # phases.json keys (gpt_classifier.training.phases.PHASES) and their column headers
     "startup": "start-up",
     "cache": "cache pass",
     "training": "training steps",
@@ -128,7 +128,7 @@ def run_mode(mode: str, args: argparse.Namespace, out_dir: Path) -> dict:
         f"trainer={args.trainer}",
         "logger=none",
         "callbacks.progress_bar.refresh_rate=0",
-        "+callbacks.phase_timer._target_=gpt_classifier.phases.PhaseTimer",  # writes phases.json
+        "+callbacks.phase_timer._target_=gpt_classifier.training.phases.PhaseTimer",  # writes phases.json
         f"data.data_dir={args.data_dir}",
         f"hydra.run.dir={run_dir}",
         *MODES[mode],
@@ -156,9 +156,9 @@ def run_mode(mode: str, args: argparse.Namespace, out_dir: Path) -> dict:
 
 def prediction_speed(checkpoint: Path, book_checkpoint: Path | None, texts: list[str]) -> dict:
     """Messages/s: batched `predict_texts` against the chapter's one-at-a-time `classify_review`."""
-    from gpt_classifier.checkpoints import load_classifier
-    from gpt_classifier.predict import classify_review, predict_texts
-    from gpt_classifier.tokenizer import get_tokenizer
+    from gpt_classifier.data.tokenizer import get_tokenizer
+    from gpt_classifier.deploy.predictor import classify_review, predict_texts
+    from gpt_classifier.model.checkpoint import load_classifier
 
     tokenizer, result = get_tokenizer(), {"messages": len(texts)}
     model = load_classifier(checkpoint)
@@ -252,7 +252,7 @@ def main() -> None:
 
     from omegaconf import OmegaConf
 
-    from gpt_classifier.sms import SpamDataModule
+    from gpt_classifier.data.sms import SpamDataModule
 
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{args.model}.yaml"))
     data = SpamDataModule(data_dir=args.data_dir)

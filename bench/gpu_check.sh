@@ -72,7 +72,7 @@ stage() {
   echo "[$name] $status after $((SECONDS - started)) s (log: $OUT/$name.log)"
 }
 
-stage data "$PY" -c "from gpt_classifier.sms import SpamDataModule as D; \
+stage data "$PY" -c "from gpt_classifier.data.sms import SpamDataModule as D; \
 D(data_dir='$OUT/data/sms_spam', urls=[], cache_dir='$OUT/data/cache').prepare_data()"
 stage bench "$PY" bench/finetune_speed.py "${BENCH[@]}" --trainer "$TRAINER" --no-predict \
   --data-dir "$OUT/data/sms_spam" --dir "$OUT/bench" --out "$OUT/bench.json"

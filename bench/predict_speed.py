@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from gpt_classifier.checkpoints import load_classifier
-from gpt_classifier.module import GPTClassifier
-from gpt_classifier.onnx_export import export_onnx
-from gpt_classifier.predict import classify_review, load_predictor, predict_texts
-from gpt_classifier.sms import SpamDataModule
-from gpt_classifier.tokenizer import get_tokenizer
+from gpt_classifier.data.sms import SpamDataModule
+from gpt_classifier.data.tokenizer import get_tokenizer
+from gpt_classifier.deploy.onnx_export import export_onnx
+from gpt_classifier.deploy.predictor import classify_review, load_predictor, predict_texts
+from gpt_classifier.model.checkpoint import load_classifier
+from gpt_classifier.training.lightning_module import GPTClassifier
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -75,8 +75,8 @@ def run_mode(folder: Path, mode: str) -> dict:
     import lightning as L
     import torch
 
-    from gpt_classifier.data import TextClassificationDataModule
-    from gpt_classifier.module import GPTClassifier
+    from gpt_classifier.data.datamodule import TextClassificationDataModule
+    from gpt_classifier.training.lightning_module import GPTClassifier
 
     torch.manual_seed(0)
     started = time.perf_counter()

@@ -31,12 +31,12 @@ import pandas as pd
 import torch
 import yaml
 
-from gpt_classifier.checkpoints import load_classifier
-from gpt_classifier.files import write_json_atomic
-from gpt_classifier.module import GPTClassifier
-from gpt_classifier.predict import predict_texts
-from gpt_classifier.sms import SpamDataModule
-from gpt_classifier.tokenizer import get_tokenizer
+from gpt_classifier.atomic_files import write_json_atomic
+from gpt_classifier.data.sms import SpamDataModule
+from gpt_classifier.data.tokenizer import get_tokenizer
+from gpt_classifier.deploy.predictor import predict_texts
+from gpt_classifier.model.checkpoint import load_classifier
+from gpt_classifier.training.lightning_module import GPTClassifier
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"emb_dim": 32, "n_heads": 2, "n_layers": 2, "context_length": 256}

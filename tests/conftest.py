@@ -7,7 +7,7 @@ import torch
 @pytest.fixture(scope="session")
 def sms_split_dir(tmp_path_factory):
     """train/validation/test CSVs written by `SpamDataModule.prepare_data` from the bundled zip."""
-    from gpt_classifier.sms import SpamDataModule
+    from gpt_classifier.data.sms import SpamDataModule
 
     root = tmp_path_factory.mktemp("sms")
     split_dir = root / "split"

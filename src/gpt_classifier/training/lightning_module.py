@@ -1,0 +1,297 @@
+"""`GPTClassifier`: the LightningModule that trains a `TextClassifier` as chapter 6 does.
+
+It builds the classifier (GPT-2 with a fresh head and a trainable-layer policy), trains it with
+cross-entropy on the logits at one read position per example (the last token, by default), keeps
+the per-epoch history behind the book's plots, and, at the end, evaluates every split with the best
+checkpoint (`test`): the decision threshold (two classes), accuracy, loss, and the test split's
+per-class report and scores. When the trainable
+part is a tail above a frozen, deterministic trunk, the trunk's output comes from a `TrunkCache`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torchmetrics import CatMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from gpt_classifier.data.datamodule import SPLITS
+from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.model.classifier import build_classifier
+from gpt_classifier.model.finetune import count_parameters, first_trainable_block
+from gpt_classifier.training.callbacks import ClearCacheOnFailure
+from gpt_classifier.training.decision import check_settings, choose_threshold, class_weights, scores
+from gpt_classifier.training.reports import per_class_report
+from gpt_classifier.training.trunk_cache import TrunkCache
+
+log = logging.getLogger(__name__)
+
+SHORT_NAMES = {"train": "train", "validation": "val", "test": "test"}  # as in the book's printouts
+
+
+def rng_states() -> dict[str, Any]:
+    """torch's CPU and CUDA random states: what dropout draws from."""
+    states: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class GPTClassifier(L.LightningModule):
+    """GPT-2 classifier; every argument but the optimizer, scheduler, `compile_blocks` and `cache_dir` is
+    saved. `cache_dir`: where the frozen-trunk cache spills past its budget (None: `<the trainer's
+    default_root_dir>/cache`). `loss`: `class_weights`, `label_smoothing`, `ignore_index`. `decision`:
+    `positive_class` (an index), `min_precision` or `threshold`; None (evaluating a checkpoint): the
+    checkpoint's own threshold.
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        class_names: list[str],
+        finetune: dict | None = None,
+        classifier: dict | None = None,
+        data: dict | None = None,
+        optimizer: Callable[..., Optimizer] | None = None,
+        scheduler: Callable[..., LRScheduler] | None = None,
+        compile_blocks: bool = False,
+        loss: dict | None = None,
+        decision: dict | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        settings = {"model": model, "finetune": finetune or {}, "classifier": classifier or {}}
+        hparams = {"class_names": list(class_names), "data": data or {}, "loss": loss or {}}
+        self.save_hyperparameters({**settings, **hparams, "decision": decision})
+        self.classifier = build_classifier(class_names=list(class_names), data=data, **settings)
+        self.decision = decision
+        if decision is not None:  # training: the config decides; else the checkpoint (on_load_checkpoint)
+            check_settings(decision, len(class_names))
+            self.classifier.set_decision(decision)
+        trainable, total = count_parameters(self.classifier.model)
+        log.info(
+            "trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
+        )
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.compile_blocks = compile_blocks
+        self.ignore_index = self.hparams["loss"].get("ignore_index", -100)
+        self.label_smoothing = float(self.hparams["loss"].get("label_smoothing") or 0.0)
+        self.class_weights: Tensor | None = None  # from the train split's labels, in `setup`
+        finetune_settings = self.hparams["finetune"]
+        self.cache = TrunkCache.for_classifier(
+            self.classifier,
+            first_trainable_block(self.classifier.model),
+            setting=finetune_settings.get("cache_frozen", "auto"),
+            budget_gb=finetune_settings.get("cache_budget_gb"),
+            spill_dir=Path(cache_dir) if cache_dir is not None else None,
+        )
+        num_classes = len(class_names)
+        finals = tuple(f"final_{SHORT_NAMES[s]}" for s in SPLITS)
+        # Summed over processes (DDP) by torchmetrics; the final evaluation gathers every probability.
+        fit = ("fit_train", "fit_val")
+        self.accuracy = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in fit})
+        self.mean_loss = nn.ModuleDict({s: MeanMetric() for s in (*fit, *finals)})
+        self.final_probs = nn.ModuleDict({s: CatMetric() for s in finals})
+        self.final_labels = nn.ModuleDict({s: CatMetric() for s in finals})
+        self.confusion = MulticlassConfusionMatrix(num_classes, sync_on_compute=False)  # gathered already
+        self.test_outputs: tuple[Tensor, Tensor] | None = None  # test split (probabilities, labels)
+        self.test_scores: dict[str, float] = {}
+        self.examples_seen = 0
+        self.history: list[dict[str, float]] = []
+        self.final_metrics: dict[str, float] = {}
+        self.test_report: dict[str, dict[str, float]] = {}
+        self._resumed_rng_states: dict[str, Any] | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.classifier.class_names
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [ClearCacheOnFailure()]
+
+    def setup(self, stage: str) -> None:
+        if self.cache is not None and self.cache.spill_dir is None:
+            self.cache.spill_dir = Path(self.trainer.default_root_dir) / "cache"
+        if self.compile_blocks and stage == "fit":
+            for block in self.classifier.model.trf_blocks:
+                block.compile()
+        setting = self.hparams["loss"].get("class_weights")
+        if setting is not None and self.trainer.datamodule is not None:
+            labels = self.trainer.datamodule.datasets["train"].labels
+            self.class_weights = class_weights(setting, labels, len(self.class_names))
+            log.info("class weights (%s): %s", ", ".join(self.class_names), self.class_weights.tolist())
+
+    def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
+        """Class logits `[B, num_classes]` for padded token ids."""
+        return self.classifier(input_ids, lengths)
+
+    def _logits(self, batch: dict[str, Tensor], split: str) -> Tensor:
+        if self.cache is None:
+            return self(batch["input_ids"], batch["lengths"])
+        # Built at the split's first batch; each DDP process keeps all of it.
+        if split not in self.cache and not self.cache.build(split, self.trainer.datamodule.token_ids(split)):
+            self.cache.clear()  # it fits nowhere (logged): the whole model runs, as uncached
+            self.cache = None
+            return self(batch["input_ids"], batch["lengths"])
+        inputs = self.cache.batch(split, batch["index"], self.device)
+        return self.classifier.logits_from_rows(**inputs, start_block=self.cache.start_block)
+
+    def _step(self, batch: dict[str, Tensor], split: str, stage: str) -> Tensor:
+        logits = self._logits(batch, split)
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
+        loss = F.cross_entropy(
+            logits,
+            batch["labels"],
+            weight=weight,
+            ignore_index=self.ignore_index,
+            label_smoothing=self.label_smoothing,
+        )
+        if stage == "fit_train":  # forward: also the batch's accuracy, logged every step
+            self.accuracy[stage](logits, batch["labels"])
+        elif stage == "fit_val":
+            self.accuracy[stage].update(logits, batch["labels"])
+        else:  # final: accuracy once the decision threshold is known
+            self.final_probs[stage].update(logits.detach().float().softmax(-1))
+            self.final_labels[stage].update(batch["labels"])
+        self.mean_loss[stage].update(loss.detach(), len(batch["labels"]))
+        return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train", "fit_train")
+        size = len(batch["labels"])
+        self.examples_seen += size * self.trainer.world_size  # every process takes a full batch a step
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True
+        )
+        self.log("train/acc", self.accuracy["fit_train"], on_epoch=True, prog_bar=True, batch_size=size)
+        self.log("examples_seen", float(self.examples_seen), on_step=True, on_epoch=False, batch_size=size)
+        step_loss = loss.detach()
+        if self.trainer.world_size > 1:  # the mean over the processes' batches of this step
+            step_loss = self.trainer.strategy.reduce(step_loss.clone(), reduce_op="mean")
+        self._log_by_examples({"train_loss": step_loss})
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "validation", "fit_val")
+        size = len(batch["labels"])
+        self.log("val/loss", self.mean_loss["fit_val"], on_epoch=True, prog_bar=True, batch_size=size)
+        self.log("val/acc", self.accuracy["fit_val"], on_epoch=True, prog_bar=True, batch_size=size)
+
+    def on_validation_epoch_end(self) -> None:
+        """One history row per validation after training steps: the data behind the plots. It is added
+        here, not at the training epoch's end, so that this epoch's checkpoint carries it."""
+        if self.trainer.sanity_checking or self.mean_loss["fit_train"].update_count == 0:
+            return
+        row = {
+            "epoch": self.current_epoch + 1,
+            "examples_seen": self.examples_seen,
+            "train_loss": float(self.mean_loss["fit_train"].compute()),
+            "train_acc": float(self.accuracy["fit_train"].compute()),
+            "val_loss": float(self.mean_loss["fit_val"].compute()),
+            "val_acc": float(self.accuracy["fit_val"].compute()),
+        }
+        self.history.append(row)
+        self._log_by_examples({"val_loss": row["val_loss"], "val_acc": row["val_acc"]})
+
+    def on_train_epoch_end(self) -> None:
+        self.mean_loss["fit_train"].reset()  # logged above through `train/loss`, kept for the history
+
+    def _log_by_examples(self, values: dict[str, float | Tensor]) -> None:
+        """The same metrics against examples seen, the book's second x-axis."""
+        for logger in self.loggers:
+            logger.log_metrics(
+                {f"by_examples_seen/{k}": float(v) for k, v in values.items()}, step=self.examples_seen
+            )
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Final evaluation: the datamodule's test loaders are every split, in `SPLITS` order."""
+        split = SPLITS[dataloader_idx]
+        stage = f"final_{SHORT_NAMES[split]}"
+        self._step(batch, split, stage)
+        size = len(batch["labels"])
+        name = SHORT_NAMES[split]
+        options = {"on_epoch": True, "batch_size": size, "add_dataloader_idx": False}
+        self.log(f"final/{name}_loss", self.mean_loss[stage], **options)
+
+    def on_test_epoch_start(self) -> None:
+        for metric in (*self.final_probs.values(), *self.final_labels.values(), self.confusion):
+            metric.reset()
+
+    def on_test_epoch_end(self) -> None:
+        """The decision threshold (picked on the validation split when `decision.min_precision` is
+        set), then `final_metrics` (accuracy with that threshold, and loss, per split) and the test
+        split's per-class report and scores."""
+        outputs = {}
+        for split in SPLITS:
+            stage = f"final_{SHORT_NAMES[split]}"
+            if self.mean_loss[stage].update_count:
+                probs = self.final_probs[stage].compute().view(-1, len(self.class_names)).cpu()
+                outputs[split] = (probs, self.final_labels[stage].compute().long().cpu())
+                self.final_metrics[f"{SHORT_NAMES[split]}_loss"] = float(self.mean_loss[stage].compute())
+        min_precision = (self.decision or {}).get("min_precision")
+        if min_precision is not None and "validation" in outputs:
+            self.classifier.threshold = choose_threshold(
+                *outputs["validation"], self.classifier.positive_class, min_precision
+            )
+        for split, (probs, labels) in outputs.items():
+            accuracy = float((self.classifier.decide(probs) == labels).float().mean())
+            self.final_metrics[f"{SHORT_NAMES[split]}_acc"] = accuracy
+            self.log(f"final/{SHORT_NAMES[split]}_acc", accuracy)
+        if "test" in outputs:
+            probs, labels = self.test_outputs = outputs["test"]
+            self.confusion.update(self.classifier.decide(probs).to(self.device), labels.to(self.device))
+            self.test_report = per_class_report(self.confusion.compute().cpu(), self.class_names)
+            self.test_scores = scores(
+                probs, labels, self.classifier.positive_class, self.classifier.threshold
+            )
+
+    def teardown(self, stage: str) -> None:
+        if stage == "test" and self.cache is not None:
+            self.cache.clear()  # fit keeps it: the final evaluation reuses the train and val states
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["examples_seen"] = self.examples_seen
+        checkpoint["history"] = self.history
+        checkpoint["rng_states"] = rng_states()
+        checkpoint["decision"] = self.classifier.decision()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.examples_seen = checkpoint.get("examples_seen", 0)
+        self.history = checkpoint.get("history", [])
+        self._resumed_rng_states = checkpoint.get("rng_states")
+        if self.decision is None and checkpoint.get("decision"):  # evaluating a checkpoint: its own
+            self.classifier.set_decision(checkpoint["decision"])
+
+    def on_train_start(self) -> None:
+        """A resumed run continues the random stream (dropout) where the checkpoint left it."""
+        if self._resumed_rng_states is not None:
+            set_rng_states(self._resumed_rng_states)
+            self._resumed_rng_states = None
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise GPTClassifierError("no optimizer configured: pass optimizer=... to GPTClassifier")
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(
+            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

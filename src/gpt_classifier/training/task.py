@@ -1,0 +1,208 @@
+"""The training task behind `train.py`: compose data, model and trainer from the Hydra config, fit,
+evaluate the best checkpoint on every split (choosing the decision threshold first, when asked to),
+and write metrics, plots and a short report."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from gpt_classifier.atomic_files import write_json_atomic
+from gpt_classifier.data.datamodule import SPLITS, TextClassificationDataModule
+from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.model.checkpoint import classifier_settings, read_hyper_parameters, write_decision
+from gpt_classifier.training.callbacks import AtomicCheckpointIO, link_or_copy
+from gpt_classifier.training.decision import ARGMAX_THRESHOLD, positive_index
+from gpt_classifier.training.lightning_module import SHORT_NAMES, GPTClassifier
+from gpt_classifier.training.phases import PhaseTimer
+from gpt_classifier.training.reports import close, plot_confusion, plot_curves, plot_history
+from gpt_classifier.training.resume import check_resume
+from gpt_classifier.training.tracking import log_artifacts
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail early, in one line, on values that would only break deep inside training."""
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and lr <= 0:
+        raise GPTClassifierError(f"optimizer.lr={lr} must be positive (the book uses 5e-5)")
+    if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
+        raise GPTClassifierError(f"ckpt_path={cfg.ckpt_path} not found: pass the path of a .ckpt file")
+    if not cfg.train and cfg.ckpt_path is None:
+        raise GPTClassifierError(
+            "train=false evaluates a checkpoint: also pass ckpt_path=<run>/checkpoints/best.ckpt"
+        )
+
+
+def instantiate_one(config: DictConfig) -> object:
+    """`instantiate`, with our own one-line errors unwrapped from Hydra's `InstantiationException`."""
+    try:
+        return instantiate(config)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, GPTClassifierError):
+            raise err.__cause__ from None
+        raise
+
+
+def instantiate_all(group: DictConfig | None) -> list:
+    """The objects of a group's `_target_` entries; a factory may return None (e.g. early stopping off)."""
+    configs = [c for c in (group or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
+    return [made for made in map(instantiate_one, configs) if made is not None]
+
+
+def make_trainer(cfg: DictConfig) -> L.Trainer:
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    loggers = instantiate_all(cfg.get("logger"))
+    # A run killed mid-write never leaves a truncated .ckpt; async_checkpoints: written in the background.
+    plugins = [AtomicCheckpointIO(background=bool(cfg.get("async_checkpoints")))]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+
+
+def make_datamodule(cfg: DictConfig, **overrides: object) -> TextClassificationDataModule:
+    datamodule: TextClassificationDataModule = instantiate(cfg.data, **overrides)
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule
+
+
+def make_module(cfg: DictConfig, datamodule: TextClassificationDataModule) -> GPTClassifier:
+    scheduler = cfg.get("scheduler")
+    return GPTClassifier(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        class_names=datamodule.class_names,
+        finetune=OmegaConf.to_container(cfg.finetune, resolve=True),
+        classifier=OmegaConf.to_container(cfg.classifier, resolve=True),
+        data={
+            "max_length": datamodule.max_length,
+            "padding": datamodule.padding,
+            "pad_token_id": datamodule.pad_token_id,
+        },
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(scheduler) if scheduler else None,
+        compile_blocks=bool(cfg.get("compile")),
+        loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        decision={
+            **OmegaConf.to_container(cfg.decision, resolve=True),
+            "positive_class": positive_index(datamodule.class_names, datamodule.positive_class),
+        },
+    )
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (unless `train=false`), evaluate the best checkpoint on every split, write the run folder."""
+    check_config(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.train:
+        datamodule = make_datamodule(cfg)
+        module = make_module(cfg, datamodule)
+        if cfg.ckpt_path:  # one clear line now, not a size mismatch deep inside load_state_dict
+            check_resume(cfg.ckpt_path, dict(module.hparams))
+    else:  # evaluate a checkpoint: its own model and data settings, not the command line's
+        settings = classifier_settings(read_hyper_parameters(cfg.ckpt_path))
+        data = settings["data"] or {}
+        datamodule = make_datamodule(cfg, max_length=data.get("max_length"), padding=data.get("padding"))
+        module = GPTClassifier(**{**settings, "model": {**settings["model"], "weights": "random"}})
+    trainer = make_trainer(cfg)
+
+    started = time.perf_counter()
+    if cfg.train:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    train_seconds = time.perf_counter() - started if cfg.train else 0.0
+    history, examples_seen = list(module.history), module.examples_seen
+
+    best = trainer.checkpoint_callback.best_model_path if cfg.train and trainer.checkpoint_callback else None
+    evaluated = best or cfg.ckpt_path
+    if cfg.test:
+        trainer.test(module, datamodule=datamodule, ckpt_path=evaluated, weights_only=True, verbose=False)
+        if not cfg.train:  # the evaluated checkpoint's own history, restored by `test`
+            history, examples_seen = list(module.history), module.examples_seen
+    metrics: dict[str, float] = {key: module.final_metrics[key] for key in METRIC_KEYS if cfg.test}
+    if not trainer.is_global_zero:
+        return metrics
+    if len(module.class_names) == 2:
+        threshold = module.classifier.threshold
+        metrics["threshold"] = ARGMAX_THRESHOLD if threshold is None else threshold
+        if cfg.train and best and threshold is not None:
+            save_decision(module, best)
+    metrics.update(examples_seen=examples_seen, train_seconds=round(train_seconds, 2))
+    metrics["epochs_trained"] = history[-1]["epoch"] if history else 0
+    write_json_atomic(metrics, out_dir / "metrics.json")
+    plots = plot_history(history, out_dir)
+    if cfg.test:
+        write_json_atomic(
+            {**module.test_report, **module.test_scores}, out_dir / "classification_report.json"
+        )
+        plots.append(write_confusion_matrix(module, trainer, out_dir))
+        plots += write_curves(module, trainer, out_dir)
+    files = [out_dir / "metrics.json", out_dir / "classification_report.json", *plots]
+    log_artifacts(trainer.loggers, files)
+    report(metrics, out_dir, evaluated, plots)
+    for callback in trainer.callbacks:
+        if isinstance(callback, PhaseTimer):  # enabled by the speed benchmark: phases.json
+            callback.finish(trainer, module)
+    return metrics
+
+
+def save_decision(module: GPTClassifier, best: str) -> None:
+    """Rewrite the best checkpoint with the threshold chosen after training, and `last.ckpt` too when it
+    is the same file (a hard link); a `last.ckpt` of a later epoch is another model: it keeps argmax."""
+    last = Path(best).with_name("last.ckpt")
+    same = last.is_file() and os.path.samefile(best, last)
+    write_decision(best, module.classifier.decision())
+    if same:
+        link_or_copy(best, str(last))
+
+
+def write_curves(module: GPTClassifier, trainer: L.Trainer, out_dir: Path) -> list[Path]:
+    """`pr_curve.png` and `roc_curve.png` of the test split, and the PR curve(s) in TensorBoard."""
+    if module.test_outputs is None:
+        return []
+    probs, labels = module.test_outputs
+    names, positive = module.class_names, module.classifier.positive_class
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            for index in [positive] if len(names) == 2 else range(len(names)):
+                tag = f"test/pr_curve/{names[index]}"
+                logger.experiment.add_pr_curve(tag, labels == index, probs[:, index], trainer.global_step)
+    return plot_curves(probs, labels, names, positive, out_dir)
+
+
+def write_confusion_matrix(module: GPTClassifier, trainer: L.Trainer, out_dir: Path) -> Path:
+    """`confusion_matrix.png` of the test split, also in TensorBoard."""
+    path, figure = plot_confusion(module.confusion, module.class_names, out_dir)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure("test/confusion_matrix", figure, trainer.global_step, close=False)
+    close(figure)
+    return path
+
+
+def report(metrics: dict[str, float], out_dir: Path, checkpoint: str | None, plots: list[Path]) -> None:
+    """Print the results table and where everything is."""
+    lines = ["", f"{'split':<12}{'accuracy':>10}{'loss':>10}"]
+    for split in SPLITS:
+        name = SHORT_NAMES[split]
+        if f"{name}_acc" in metrics:
+            lines.append(f"{split:<12}{100 * metrics[f'{name}_acc']:>9.2f}%{metrics[f'{name}_loss']:>10.4f}")
+    lines.append(
+        f"examples seen: {metrics['examples_seen']:,}   training time: {metrics['train_seconds']:.1f} s"
+    )
+    lines.append(f"run folder:    {out_dir}")
+    lines.append(f"checkpoint:    {checkpoint}")
+    lines.append(f"metrics:       {out_dir / 'metrics.json'}")
+    if plots:
+        lines.append(f"plots:         {', '.join(p.name for p in plots)}")
+    lines.append(f"tensorboard:   tensorboard --logdir {out_dir.parent}")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,103 @@
+"""Dynamic batching: which requests share a batch, and what a failed batch does."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from gpt_classifier.deploy.batching import Batcher
+
+
+class Recorder:
+    """A batch function that records each batch, doubles every item, and fails on "boom"."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.batches: list[list] = []
+        self.threads: set[str] = set()
+        self.seconds = seconds
+
+    def __call__(self, items: list) -> list:
+        self.batches.append(list(items))
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.seconds)
+        if "boom" in items:
+            raise ValueError("boom")
+        return [item * 2 for item in items]
+
+
+async def serve(batcher: Batcher, requests: list[list], gap: float = 0.0) -> list:
+    """Submit `requests` (one task each, `gap` seconds apart) while `batcher.run` answers them."""
+    runner = asyncio.create_task(batcher.run())
+    tasks = []
+    for items in requests:
+        tasks.append(asyncio.create_task(batcher.submit(items)))
+        await asyncio.sleep(gap)
+    try:
+        return await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        runner.cancel()
+
+
+def test_requests_that_wait_together_share_a_batch_in_order():
+    recorder = Recorder()
+    batcher = Batcher(recorder, max_batch_size=4, max_wait_ms=200)
+    results = asyncio.run(serve(batcher, [[1, 2, 3], [4, 5, 6], [7], [8, 9]]))
+    assert results == [[2, 4, 6], [8, 10, 12], [14], [16, 18]]
+    # [4, 5, 6] would make the first batch 6 > 4: it starts the next batch, which [7] fills to 4
+    assert recorder.batches == [[1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert batcher.stats.as_dict() == {
+        "requests": 4,
+        "items": 9,
+        "batches": 3,
+        "largest_batch": 4,
+        "batch_sizes": {"2": 1, "3": 1, "4": 1},
+    }
+
+
+def test_a_request_larger_than_the_batch_size_is_a_batch_of_its_own():
+    recorder = Recorder()
+    batcher = Batcher(recorder, max_batch_size=4, max_wait_ms=200)
+    results = asyncio.run(serve(batcher, [[1], list(range(10)), [2]]))
+    assert results[1] == [2 * i for i in range(10)]
+    assert recorder.batches == [[1], list(range(10)), [2]]
+
+
+def test_the_wait_is_bounded():
+    """A lone request is answered after about `max_wait_ms`, not when the batch is full."""
+    recorder = Recorder()
+    batcher = Batcher(recorder, max_batch_size=64, max_wait_ms=50)
+    started = time.perf_counter()
+    assert asyncio.run(serve(batcher, [["a"]])) == [["aa"]]
+    assert 0.04 < time.perf_counter() - started < 5
+    assert recorder.batches == [["a"]]
+
+
+def test_requests_arriving_during_a_batch_form_the_next_one():
+    """No wait at all (max_wait_ms=0): batches still form from what queued during the last call."""
+    recorder = Recorder(seconds=0.1)
+    batcher = Batcher(recorder, max_batch_size=64, max_wait_ms=0)
+    results = asyncio.run(serve(batcher, [[i] for i in range(6)], gap=0.03))
+    assert results == [[2 * i] for i in range(6)]
+    assert recorder.batches[0] == [0]
+    assert max(len(batch) for batch in recorder.batches) > 1
+    assert "MainThread" not in recorder.threads  # the event loop never runs the model
+
+
+def test_a_failed_batch_fails_its_requests_only():
+    recorder = Recorder()
+    batcher = Batcher(recorder, max_batch_size=2, max_wait_ms=100)
+    results = asyncio.run(serve(batcher, [["a"], ["boom"], ["b"], ["c"]]))
+    assert isinstance(results[0], ValueError) and isinstance(results[1], ValueError)
+    assert results[2:] == [["bb"], ["cc"]]
+
+
+@pytest.mark.parametrize("max_wait_ms", [0, 20])
+def test_every_request_is_answered_once_under_load(max_wait_ms):
+    recorder = Recorder(seconds=0.002)
+    batcher = Batcher(recorder, max_batch_size=8, max_wait_ms=max_wait_ms)
+    requests = [[i] * (1 + i % 3) for i in range(200)]
+    results = asyncio.run(serve(batcher, requests))
+    assert results == [[2 * i] * (1 + i % 3) for i in range(200)]
+    assert sum(len(batch) for batch in recorder.batches) == sum(len(r) for r in requests)
+    assert all(len(batch) <= 8 for batch in recorder.batches)

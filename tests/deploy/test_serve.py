@@ -1,0 +1,401 @@
+"""`serve.py`: the real server in its own process, on a free 127.0.0.1 port, with a tiny trained model.
+
+The API against `predict_texts`, every bad request (a 4xx with a reason, one log line, and the next
+request still served), a burst of concurrent clients that the server batches, the command line's
+errors, and the web page in a real browser (Debian's Chromium driven by Selenium).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from helpers import ROOT, TINY_MODEL, adamw, cli_env, quiet_trainer, run_many
+
+from gpt_classifier.atomic_files import replace_atomically
+from gpt_classifier.cli.serve import listen
+from gpt_classifier.data.sms import SpamDataModule
+from gpt_classifier.data.tokenizer import get_tokenizer
+from gpt_classifier.deploy.predictor import predict_texts
+from gpt_classifier.model.checkpoint import load_classifier
+from gpt_classifier.training.lightning_module import GPTClassifier
+
+SERVE_PY = ROOT / "serve.py"
+SPAM = "You are a winner you have been specially selected to receive $1000 cash or a $2000 award."
+HAM = "Hey, just wanted to check if we're still on for dinner tonight? Let me know!"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(sms_split_dir, tmp_path_factory):
+    """The tiny model, book settings, one epoch: a real `.ckpt` written by Lightning."""
+    dm = SpamDataModule(data_dir=sms_split_dir, urls=[], batch_size=16)
+    dm.prepare_data()
+    dm.setup()
+    torch.manual_seed(0)
+    module = GPTClassifier(
+        TINY_MODEL,
+        dm.class_names,
+        finetune={"policy": "last_block"},
+        classifier={"position": "last"},
+        data={"max_length": dm.max_length, "padding": dm.padding},
+        optimizer=adamw(2e-3),
+    )
+    trainer = quiet_trainer(limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    path = tmp_path_factory.mktemp("serve") / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def texts(sms_split_dir):
+    test_texts = pd.read_csv(sms_split_dir / "test.csv")["Text"].astype(str).tolist()
+    long_text = " ".join(test_texts[:30])  # longer than the model's max_length: truncated
+    return [SPAM, HAM, long_text, *test_texts[:40]]
+
+
+@pytest.fixture(scope="module")
+def expected(checkpoint, texts):
+    """`predict_texts` on the same checkpoint: what every server answer must match."""
+    classifier = load_classifier(checkpoint)
+    return {p.text: p for p in predict_texts(texts, classifier, get_tokenizer(), "cpu")}
+
+
+class Server:
+    """`python serve.py CKPT --port 0 ...` in a subprocess; its stderr (the log) collected in `log`."""
+
+    def __init__(self, checkpoint: Path, *args: str) -> None:
+        command = [sys.executable, str(SERVE_PY), str(checkpoint), "--port", "0", *args]
+        self.proc = subprocess.Popen(
+            command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.log: list[str] = []
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, args=(self.proc.stdout, lines.put), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc.stderr, self.log.append), daemon=True).start()
+        try:
+            first = lines.get(timeout=120)
+        except queue.Empty:
+            first = ""
+        match = re.search(r"on http://127\.0\.0\.1:(\d+)$", first)
+        assert match, f"no address in {first!r}; log: {self.log}"
+        self.port = int(match.group(1))
+
+    @staticmethod
+    def _read(stream, sink) -> None:
+        for line in stream:
+            sink(line.rstrip("\n"))
+
+    def logged(self, text: str, timeout: float = 10) -> bool:
+        """Whether a log line contains `text` (waiting for the reader thread to catch up)."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.log):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    running = Server(checkpoint, "--max-wait-ms", "20", "--no-access-log")
+    yield running
+    running.stop()
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, **headers) -> tuple[int, dict, str]:
+    """One request on a new connection: (status, JSON body or {}, raw body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        raw = response.read().decode()
+    finally:
+        connection.close()
+    is_json = response.getheader("content-type", "").startswith("application/json")
+    return response.status, json.loads(raw) if is_json else {}, raw
+
+
+def post(port: int, data) -> tuple[int, dict]:
+    status, body, _ = request(port, "POST", "/predict", json.dumps(data).encode())
+    return status, body
+
+
+def assert_matches(answer: dict, want) -> None:
+    """One prediction of the API against `predict_texts`'s, to 1e-4."""
+    assert answer["label"] == want.label
+    assert answer["probability"] == pytest.approx(want.probability, abs=1e-4)
+    assert answer["probabilities"].keys() == want.probabilities.keys()
+    for name, p in want.probabilities.items():
+        assert answer["probabilities"][name] == pytest.approx(p, abs=1e-4)
+
+
+def test_health_names_the_classes(server):
+    status, body, _ = request(server.port, "GET", "/health")
+    assert status == 200
+    assert body["status"] == "ok" and body["classes"] == ["not spam", "spam"]
+    assert body["max_texts"] == 256 and body["max_body_bytes"] == 1_000_000
+
+
+def test_predictions_match_predict_texts(server, texts, expected):
+    status, body = post(server.port, {"texts": texts})
+    assert status == 200
+    assert len(body["predictions"]) == len(texts)  # in input order, though batched by length
+    for answer, text in zip(body["predictions"], texts, strict=True):
+        assert_matches(answer, expected[text])
+    assert {p["label"] for p in body["predictions"]} == {"not spam", "spam"}
+    status, body = post(server.port, {"text": HAM})
+    assert status == 200 and len(body["predictions"]) == 1
+    assert_matches(body["predictions"][0], expected[HAM])
+
+
+TOO_MANY = {"texts": ["hello"] * 257}
+BIG_BODY = json.dumps({"texts": ["x" * 1000] * 1100}).encode()  # 1.1 MB
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        (b'{"texts": ["unclosed"', 400, "body is not valid JSON"),
+        (b"\xff\xfe\x00", 400, "body is not valid JSON"),
+        (b"", 400, "body is not valid JSON"),
+        (b"[" * 100_000, 400, "body is not valid JSON"),  # too deep for Python's parser
+        (b'["a list"]', 422, "body is a list"),
+        (b"{}", 422, "no texts"),
+        (b'{"txt": "hello"}', 422, "unknown key 'txt'"),
+        (b'{"text": "a", "texts": ["b"]}', 422, "both text and texts"),
+        (b'{"texts": []}', 422, "texts is an empty list"),
+        (b'{"texts": "hello"}', 422, "texts is not a list"),
+        (b'{"texts": ["ok", 3]}', 422, "texts[1] is a number, not a string"),
+        (b'{"texts": ["ok", null]}', 422, "texts[1] is null, not a string"),
+        (b'{"text": {"a": 1}}', 422, "text is an object, not a string"),
+        (b'{"text": ""}', 422, "text is empty"),
+        (b'{"texts": ["ok", "  \\n "]}', 422, "texts[1] is empty"),
+        (json.dumps(TOO_MANY).encode(), 413, "257 texts is over the limit of 256 per request (--max-texts)"),
+        (BIG_BODY, 413, "over the limit of 1000000 bytes (--max-body-bytes)"),
+    ],
+)
+def test_bad_requests_get_a_reason_and_the_server_goes_on(server, expected, body, status, reason):
+    answer_status, answer, raw = request(server.port, "POST", "/predict", body)
+    assert (answer_status, list(answer)) == (status, ["error"]), raw
+    assert reason in answer["error"]
+    assert "Traceback" not in raw and "\n" not in answer["error"]
+    assert server.logged(f"POST /predict -> {status}: {answer['error']}"), server.log[-5:]
+    ok_status, ok = post(server.port, {"text": HAM})
+    assert ok_status == 200
+    assert_matches(ok["predictions"][0], expected[HAM])
+
+
+def test_a_streamed_body_over_the_limit_is_refused(server):
+    """No Content-Length (chunked): the size is checked as the body arrives."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    chunks = (BIG_BODY[i : i + 65536] for i in range(0, len(BIG_BODY), 65536))
+    connection.request("POST", "/predict", body=chunks, encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 413
+    assert "--max-body-bytes" in json.loads(response.read())["error"]
+    connection.close()
+    assert post(server.port, {"text": "still there?"})[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"), [("GET", "/missing", 404), ("GET", "/predict", 405), ("DELETE", "/", 405)]
+)
+def test_unknown_routes_get_json_errors(server, method, path, status):
+    answer_status, answer, _ = request(server.port, method, path)
+    assert answer_status == status and "error" in answer
+
+
+def test_the_page_needs_nothing_from_elsewhere(server):
+    status, _, page = request(server.port, "GET", "/")
+    assert status == 200
+    assert '<textarea id="texts"' in page and '<button id="classify"' in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # no CDN, no remote asset
+    assert "@import" not in page
+
+
+def test_a_burst_of_concurrent_clients_is_batched_without_errors(server, texts, expected):
+    """32 clients x 25 requests, one text each, on keep-alive connections: every answer is right."""
+    before = request(server.port, "GET", "/stats")[1]
+    failures: list[str] = []
+
+    def client(number: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        for i in range(25):
+            text = texts[(number * 25 + i) % len(texts)]
+            try:
+                connection.request("POST", "/predict", body=json.dumps({"text": text}))
+                response = connection.getresponse()
+                body = json.loads(response.read())
+                assert response.status == 200, body
+                assert_matches(body["predictions"][0], expected[text])
+            except Exception as err:  # collected: a thread's failure must fail the test
+                failures.append(f"client {number} request {i}: {err!r}")
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not failures, failures[:5]
+    after = request(server.port, "GET", "/stats")[1]
+    assert after["requests"] - before["requests"] == 800
+    assert after["items"] - before["items"] == 800
+    sizes = {
+        int(size): count - before["batch_sizes"].get(size, 0) for size, count in after["batch_sizes"].items()
+    }
+    sizes = {size: count for size, count in sizes.items() if count}
+    assert sum(size * count for size, count in sizes.items()) == 800
+    assert sum(sizes.values()) == after["batches"] - before["batches"] < 800  # passes were shared
+    assert 1 < max(sizes) <= 32  # --max-batch-size
+    assert after["errors"] == before["errors"]
+
+
+def test_the_listening_socket_is_tcp():
+    """IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only then, and without it every answer on a
+    keep-alive connection waits ~40 ms for a delayed ACK (Nagle)."""
+    sock = listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def cli_errors(checkpoint, tmp_path_factory):
+    """`serve.py` runs that must fail, started together."""
+    cwd = tmp_path_factory.mktemp("serve_cli")
+    broken = cwd / "broken.ckpt"
+    broken.write_bytes(checkpoint.read_bytes()[:5000])
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    jobs = {
+        "missing": [str(cwd / "missing.ckpt")],
+        "broken": [str(broken)],
+        "port_taken": [str(checkpoint), "--port", str(taken.getsockname()[1])],
+        "bad_device": [str(checkpoint), "--device", "teapot"],
+    }
+    results = run_many({name: (SERVE_PY, args, cwd) for name, args in jobs.items()}, timeout=180)
+    taken.close()
+    return results
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("missing", "missing.ckpt not found"),
+        ("broken", "broken.ckpt is unreadable"),
+        ("port_taken", "cannot listen on 127.0.0.1:"),
+        ("bad_device", "--device 'teapot' is unknown"),
+    ],
+)
+def test_cli_errors_are_one_line(cli_errors, name, message):
+    result = cli_errors[name]
+    assert result.returncode == 2, result
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, result
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result
+
+
+def chromium():
+    """Headless Chromium through Debian's chromedriver (Selenium must not try to download one)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=900,720",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install chromium-driver")
+def test_the_page_in_a_real_browser(server, expected, tmp_path):
+    """Type a message, click, see its class and probability; several lines give a table.
+
+    `SERVE_SCREENSHOT=docs/serve.png` also saves the page with its answer there (the README's picture).
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = chromium()
+    try:
+        wait = WebDriverWait(browser, 30)
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        wait.until(lambda b: "not spam, spam" in b.find_element(By.ID, "model").text)
+        box = browser.find_element(By.ID, "texts")
+        box.send_keys(SPAM)
+        browser.find_element(By.ID, "classify").click()
+        label = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#result .label"))
+        want = expected[SPAM]
+        assert label.text == want.label
+        probability = browser.find_element(By.CSS_SELECTOR, "#result .probability").text
+        assert float(probability.rstrip("%")) == pytest.approx(100 * want.probability, abs=0.051)
+        bars = browser.find_elements(By.CSS_SELECTOR, "#result [role=meter]")
+        assert [bar.get_attribute("aria-label") for bar in bars] == ["not spam", "spam"]
+        shot = tmp_path / "serve.png"
+        shot.write_bytes(browser.get_screenshot_as_png())
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if target := os.environ.get("SERVE_SCREENSHOT"):
+            replace_atomically(target, lambda f: f.write(shot.read_bytes()))
+
+        box.clear()
+        box.send_keys(f"{SPAM}\n{HAM}\nok then, see you at 5")
+        browser.find_element(By.ID, "classify").click()
+        rows = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#result tbody tr"))
+        assert len(rows) == 3
+        labels = [row.find_element(By.CSS_SELECTOR, ".label").text for row in rows]
+        assert labels[:2] == [want.label, expected[HAM].label]
+
+        box.clear()
+        browser.find_element(By.ID, "classify").click()
+        assert wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#result [role=alert]")).text
+    finally:
+        browser.quit()
+
+
+def test_an_exported_onnx_model_is_served_with_the_same_numbers(checkpoint, texts, expected, tmp_path):
+    """`serve.py model.onnx`: ONNX Runtime behind the same API (`predict.load_predictor`)."""
+    from gpt_classifier.deploy.onnx_export import export_onnx
+
+    onnx_path = tmp_path / "model.onnx"
+    export_onnx(load_classifier(checkpoint), onnx_path)
+    running = Server(onnx_path, "--no-access-log")
+    try:
+        status, body = post(running.port, {"texts": texts})
+    finally:
+        running.stop()
+    assert status == 200
+    assert len(body["predictions"]) == len(texts)
+    for answer, text in zip(body["predictions"], texts, strict=True):
+        assert_matches(answer, expected[text])
