@@ -15,6 +15,7 @@ import tiktoken
 import torch
 from torch import Tensor, nn
 
+from gpt_classifier.cpu_threads import apply_threads
 from gpt_classifier.data.encoding import encode_texts, pad_batch
 from gpt_classifier.data.tokenizer import get_tokenizer
 from gpt_classifier.errors import GPTClassifierError
@@ -147,4 +148,5 @@ def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
             ) from None
         return Predictor(OnnxClassifier.load(path, device))
     device = pick_device(device)
+    apply_threads()
     return Predictor(load_classifier(path, map_location=device), device)

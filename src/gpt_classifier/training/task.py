@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from gpt_classifier.atomic_files import write_json_atomic
+from gpt_classifier.cpu_threads import apply_threads
 from gpt_classifier.data.datamodule import SPLITS, TextClassificationDataModule
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.checkpoint import classifier_settings, read_hyper_parameters, write_decision
@@ -102,6 +103,7 @@ def make_module(cfg: DictConfig, datamodule: TextClassificationDataModule) -> GP
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (unless `train=false`), evaluate the best checkpoint on every split, write the run folder."""
     check_config(cfg)
+    apply_threads(cfg.get("threads"))
     out_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.train:
