@@ -188,6 +188,7 @@ def test_roofline_floor_is_the_larger_of_compute_and_memory(sms_split_dir):
         else:
             assert roof == pytest.approx(max(compute, memory), abs=0.011), row
         if row[7] != "-" and roof >= 1:  # measured seconds from bench/results_cpu.json; 2-digit floors
-            assert float(row[8]) == pytest.approx(float(row[7]) / roof, rel=0.05), row
+            rounding = 0.05 / roof + 0.005  # measured seconds are printed to 0.1 s, the ratio to 0.01
+            assert float(row[8]) == pytest.approx(float(row[7]) / roof, abs=rounding), row
     training = {row[0]: float(row[2]) for row in rows if row[1] == "training"}
     assert training["a"] > training["b"] > training["c"] > 0  # each mode removes work
