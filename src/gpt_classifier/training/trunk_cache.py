@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from gpt_classifier.data.encoding import pad_batch
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.classifier import TextClassifier
-from gpt_classifier.model.gpt import Packing, run_blocks
+from gpt_classifier.model.packed import Packing, run_blocks
 from gpt_classifier.training.memory_budget import device_headroom, host_headroom
 
 log = logging.getLogger(__name__)
