@@ -105,10 +105,9 @@ def make_module(cfg: DictConfig, datamodule: TextClassificationDataModule) -> GP
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (unless `train=false`), evaluate the best checkpoint on every split, write the run folder."""
-    check_config(cfg)
-    out_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True)
-    with no_stub_folder_on_failure(out_dir):
+    with no_stub_folder_on_failure(Path(cfg.paths.output_dir)):
+        check_config(cfg)
+        L.seed_everything(cfg.seed, workers=True)
         datamodule, module = make_run(cfg)
         trainer = make_trainer(cfg)
     started = time.perf_counter()
