@@ -235,8 +235,13 @@ class TabularDataModule(TextClassificationDataModule):
         self.balance = balance
         self.fractions = list(fractions)
         self.seed = seed
+        self.prepared = False
 
     def prepare_data(self) -> None:
+        """Read, check, split and write the files, once per data module (Lightning calls this again
+        before fitting and testing)."""
+        if self.prepared:
+            return
         text_column, label_column = self.source_columns
         if self.path is not None:
             df = read_table(self.path, text_column, label_column, self.header)
@@ -270,6 +275,7 @@ class TabularDataModule(TextClassificationDataModule):
             counts,
             self.data_dir,
         )
+        self.prepared = True
 
     def setup(self, stage: str | None = None) -> None:
         classes = self.data_dir / "classes.json"

@@ -105,6 +105,7 @@ def make_module(cfg: DictConfig, datamodule: TextClassificationDataModule) -> GP
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (unless `train=false`), evaluate the best checkpoint on every split, write the run folder."""
+    print_lightning_lines_once()
     with no_stub_folder_on_failure(Path(cfg.paths.output_dir)):
         check_config(cfg)
         L.seed_everything(cfg.seed, workers=True)
@@ -133,6 +134,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics["epochs_trained"] = history[-1]["epoch"] if history else 0
     write_outputs(cfg, module, trainer, metrics=metrics, history=history, evaluated=evaluated)
     return metrics
+
+
+def print_lightning_lines_once() -> None:
+    """Lightning's `lightning` logger has a console handler of its own and also passes its lines on to
+    the root logger: when the root prints them (Hydra's handlers), the own handler goes."""
+    if not logging.getLogger().handlers:
+        return
+    lightning_log = logging.getLogger("lightning")
+    for handler in list(lightning_log.handlers):
+        if type(handler) is logging.StreamHandler:  # a console, not a file
+            lightning_log.removeHandler(handler)
 
 
 def make_run(cfg: DictConfig) -> tuple[TextClassificationDataModule, GPTClassifier]:
