@@ -131,6 +131,7 @@ def test_run_writes_tensorboard_events(run):
         "val/acc",
         "examples_seen",
         "by_examples_seen/train_loss",
+        "by_examples_seen/train_acc",
         "by_examples_seen/val_loss",
         "by_examples_seen/val_acc",
         "final/train_acc",
@@ -139,9 +140,14 @@ def test_run_writes_tensorboard_events(run):
         "final/test_loss",
     }
     assert expected <= tags, expected - tags
-    assert [e.step for e in events.Scalars("by_examples_seen/val_acc")] == [
-        TRAIN_EXAMPLES_PER_EPOCH * (e + 1) for e in range(EPOCHS)
-    ]
+    for tag in ("by_examples_seen/val_acc", "by_examples_seen/train_acc"):
+        assert [e.step for e in events.Scalars(tag)] == [
+            TRAIN_EXAMPLES_PER_EPOCH * (e + 1) for e in range(EPOCHS)
+        ]
+    train_acc = [e.value for e in events.Scalars("train/acc_epoch")]
+    assert [e.value for e in events.Scalars("by_examples_seen/train_acc")] == pytest.approx(
+        train_acc, abs=1e-6
+    )
     assert len(events.Scalars("by_examples_seen/train_loss")) == EPOCHS * TRAIN_EXAMPLES_PER_EPOCH // 8
     val_acc = [e.value for e in events.Scalars("val/acc")]
     assert len(val_acc) == EPOCHS

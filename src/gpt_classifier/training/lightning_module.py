@@ -210,7 +210,7 @@ class GPTClassifier(L.LightningModule):
             "val_acc": float(self.accuracy["fit_val"].compute()),
         }
         self.history.append(row)
-        self._log_by_examples({"val_loss": row["val_loss"], "val_acc": row["val_acc"]})
+        self._log_by_examples({key: row[key] for key in ("train_acc", "val_loss", "val_acc")})
 
     def on_train_epoch_end(self) -> None:
         self.mean_loss["fit_train"].reset()  # logged above through `train/loss`, kept for the history
