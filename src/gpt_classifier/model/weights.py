@@ -30,10 +30,10 @@ HUB_REPOS = {
 WEIGHTS_FILE = "model.safetensors"
 
 
-OFFLINE_CHOICES = (
-    "model.weights=random, a local Hugging Face folder (model.weights=/path/to/dir), "
-    "or HF_HUB_OFFLINE=1 with a copy in the Hugging Face cache"
+LOCAL_CHOICES = (
+    "model.weights=random, or a local folder with a Hugging Face GPT-2 (model.weights=/path/to/dir)"
 )
+OFFLINE_CHOICES = f"{LOCAL_CHOICES}, or HF_HUB_OFFLINE=1 with a copy in the Hugging Face cache"
 HUB_CHECK_SECONDS = 3.0  # how long the Hub may take to answer before we call it unreachable
 
 
@@ -66,7 +66,7 @@ def checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
     if constants.HF_HUB_OFFLINE:
         raise GPTClassifierError(
             f"HF_HUB_OFFLINE is set and {name} is not in the Hugging Face cache: download it once online, "
-            f"or use {OFFLINE_CHOICES.split(', or ')[0]}"
+            f"or use {LOCAL_CHOICES}"
         )
     if not hub_reachable(constants.ENDPOINT):
         raise GPTClassifierError(
