@@ -20,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from gpt_classifier.model.classifier import build_classifier
 from gpt_classifier.model.finetune import first_trainable_block
-from gpt_classifier.model.gpt import Packing
+from gpt_classifier.model.packed import Packing
 
 GPT2_SMALL = {"name": "gpt2-small", "weights": "random", "emb_dim": 768, "n_heads": 12, "n_layers": 12}
 # Real lengths of 8 SMS from the book's train split (median ~25 tokens); (b) pads them all to 120.

@@ -1,7 +1,40 @@
-"""Shared fixtures: the chapter-6 SMS split (from the bundled zip) and tiny Hugging Face GPT-2 checkpoints."""
+"""Shared fixtures: the chapter-6 SMS split (from the bundled zip), tiny Hugging Face GPT-2 checkpoints,
+and the tiny training config composed once."""
+
+import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
+from helpers import CONF_DIR, TINY_OVERRIDES
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+# The base of the in-process training tests: the tiny model on the CPU, no logger.
+TINY_TRAIN_OVERRIDES = [*TINY_OVERRIDES, "trainer=cpu", "logger=none"]
+
+
+@pytest.fixture(scope="session")
+def tiny_train_cfg_global() -> DictConfig:
+    """`conf/train.yaml` with `TINY_TRAIN_OVERRIDES`, composed once per session (Hydra's compose is slow);
+    tests take their own copy from `tiny_train_cfg`."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=TINY_TRAIN_OVERRIDES, return_hydra_config=True)
+
+
+@pytest.fixture
+def tiny_train_cfg(tiny_train_cfg_global: DictConfig, tmp_path) -> Iterator[DictConfig]:
+    """A copy of the tiny config writing to `tmp_path`, as `train.py` would see it: change plain keys
+    (`cfg.trainer.max_epochs = 2`); a group option (`finetune=all`) needs `helpers.train_config`.
+    `HydraConfig` is set so that `${hydra:...}` interpolations resolve, and cleared afterwards."""
+    cfg = copy.deepcopy(tiny_train_cfg_global)
+    cfg.paths.output_dir = str(tmp_path)
+    HydraConfig().set_config(cfg)
+    try:
+        yield cfg
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from torch import nn
 from gpt_classifier.model.classifier import Reading
 from gpt_classifier.model.finetune import LoRALinear, apply_policy, count_parameters, merge_lora
 from gpt_classifier.model.gpt import GPTConfig, GPTModel
+from gpt_classifier.model.packed import classify
 from gpt_classifier.training.lightning_module import GPTClassifier
 
 
@@ -50,14 +51,14 @@ def test_merged_weights_predict_the_same():
     reading = Reading(position="last")
     read = {"read_pos": reading.read_positions(lengths, 12), "prefix": reading.needed_lengths(lengths, 12)}
     for _ in range(3):  # make B non-zero
-        loss = nn.functional.cross_entropy(model.classify(model.embed(ids), **read), labels)
+        loss = nn.functional.cross_entropy(classify(model, model.embed(ids), **read), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        before = model.classify(model.embed(ids), **read)
+        before = classify(model, model.embed(ids), **read)
         merge_lora(model)
-        after = model.classify(model.embed(ids), **read)
+        after = classify(model, model.embed(ids), **read)
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
     assert (before - after).abs().max() < 1e-5
 

@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-from helpers import TINY_OVERRIDES, train_config
 
 from gpt_classifier.training.callbacks import AtomicCheckpointIO
 from gpt_classifier.training.task import make_trainer
@@ -107,8 +106,8 @@ def test_background_error_is_raised_and_keeps_the_previous_file(tmp_path, monkey
 
 
 @pytest.mark.parametrize("setting", [False, True])
-def test_async_checkpoints_setting(tmp_path, setting):
-    with train_config([*TINY_OVERRIDES, "logger=none", f"async_checkpoints={setting}"], tmp_path) as cfg:
-        trainer = make_trainer(cfg)
+def test_async_checkpoints_setting(tiny_train_cfg, setting):
+    tiny_train_cfg.async_checkpoints = setting
+    trainer = make_trainer(tiny_train_cfg)
     io = trainer.strategy.checkpoint_io
     assert isinstance(io, AtomicCheckpointIO) and io.background is setting

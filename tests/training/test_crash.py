@@ -151,9 +151,8 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(path.parent) == ["last.ckpt"]
 
 
-def test_trainer_writes_checkpoints_atomically(tmp_path):
-    with train_config([*TINY_OVERRIDES, "logger=none"], tmp_path) as cfg:
-        trainer = make_trainer(cfg)
+def test_trainer_writes_checkpoints_atomically(tiny_train_cfg):
+    trainer = make_trainer(tiny_train_cfg)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     assert isinstance(trainer.checkpoint_callback, BestCheckpoint)
     # and a plain ModelCheckpoint writes last.ckpt after every epoch

@@ -7,6 +7,7 @@ read their results. The tiny model (2 blocks, 32 dimensions, random weights) kee
 import json
 import math
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -130,6 +131,7 @@ def test_run_writes_tensorboard_events(run):
         "val/acc",
         "examples_seen",
         "by_examples_seen/train_loss",
+        "by_examples_seen/train_acc",
         "by_examples_seen/val_loss",
         "by_examples_seen/val_acc",
         "final/train_acc",
@@ -138,9 +140,14 @@ def test_run_writes_tensorboard_events(run):
         "final/test_loss",
     }
     assert expected <= tags, expected - tags
-    assert [e.step for e in events.Scalars("by_examples_seen/val_acc")] == [
-        TRAIN_EXAMPLES_PER_EPOCH * (e + 1) for e in range(EPOCHS)
-    ]
+    for tag in ("by_examples_seen/val_acc", "by_examples_seen/train_acc"):
+        assert [e.step for e in events.Scalars(tag)] == [
+            TRAIN_EXAMPLES_PER_EPOCH * (e + 1) for e in range(EPOCHS)
+        ]
+    train_acc = [e.value for e in events.Scalars("train/acc_epoch")]
+    assert [e.value for e in events.Scalars("by_examples_seen/train_acc")] == pytest.approx(
+        train_acc, abs=1e-6
+    )
     assert len(events.Scalars("by_examples_seen/train_loss")) == EPOCHS * TRAIN_EXAMPLES_PER_EPOCH // 8
     val_acc = [e.value for e in events.Scalars("val/acc")]
     assert len(val_acc) == EPOCHS
@@ -181,14 +188,13 @@ def test_run_prints_the_results_table(run):
     assert (run_dir / "train.log").is_file()
 
 
-def test_evaluate_checkpoint_reproduces_the_run(run, sms_split_dir, tmp_path):
+def test_evaluate_checkpoint_reproduces_the_run(run, sms_split_dir, tiny_train_cfg):
     """`train=false ckpt_path=...` evaluates the same checkpoint to the same numbers."""
     run_dir, _ = run
     best = next((run_dir / "checkpoints").glob("epoch*-val_acc*.ckpt"))
-    out = tmp_path / "eval"
-    overrides = [*common(sms_split_dir), "train=false", f"ckpt_path={best}", "logger=none"]
-    with train_config(overrides, out) as cfg:
-        metrics = train(cfg)
+    cfg, out = tiny_train_cfg, Path(tiny_train_cfg.paths.output_dir)
+    cfg.data.data_dir, cfg.train, cfg.ckpt_path = str(sms_split_dir), False, str(best)
+    metrics = train(cfg)
     written = json.loads((out / "metrics.json").read_text())
     assert written == pytest.approx(metrics)
     assert set(written) == METRICS_JSON_KEYS
@@ -206,19 +212,13 @@ def test_evaluate_checkpoint_reproduces_the_run(run, sms_split_dir, tmp_path):
     assert written["examples_seen"] == read_checkpoint(best)["examples_seen"]
 
 
-def test_resume_continues_from_last_checkpoint(run, sms_split_dir, tmp_path, capsys):
+def test_resume_continues_from_last_checkpoint(run, sms_split_dir, tiny_train_cfg, capsys):
     run_dir, _ = run
     last = run_dir / "checkpoints" / "last.ckpt"
-    out = tmp_path / "resumed"
-    overrides = [
-        *common(sms_split_dir),
-        "optimizer.lr=1e-3",
-        f"trainer.max_epochs={EPOCHS + 1}",
-        f"ckpt_path={last}",
-        "logger=none",
-    ]
-    with train_config(overrides, out) as cfg:
-        metrics = train(cfg)
+    cfg, out = tiny_train_cfg, Path(tiny_train_cfg.paths.output_dir)
+    cfg.data.data_dir, cfg.optimizer.lr, cfg.ckpt_path = str(sms_split_dir), 1e-3, str(last)
+    cfg.trainer.max_epochs = EPOCHS + 1
+    metrics = train(cfg)
     assert metrics["examples_seen"] == (EPOCHS + 1) * TRAIN_EXAMPLES_PER_EPOCH
     resumed = read_checkpoint(out / "checkpoints" / "last.ckpt")
     original = read_checkpoint(last)

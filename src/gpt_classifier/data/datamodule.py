@@ -45,6 +45,29 @@ def draw_seed() -> int:
     return int(torch.randint(0, 2**31 - 1, ()).item())
 
 
+def check_batching(
+    *, batch_size: int, max_length: int | str, context_length: int, padding: str, truncation_side: str
+) -> None:
+    """Refuse, in one line each, the batching options every data config shares."""
+    if truncation_side not in ("right", "left"):
+        raise GPTClassifierError(
+            f"data.truncation_side={truncation_side!r} is unknown: use right (keep the beginning) "
+            "or left (keep the end)"
+        )
+    if padding not in ("max_length", "dynamic", "none"):
+        raise GPTClassifierError(f"data.padding={padding!r} is unknown: use max_length, dynamic or none")
+    if isinstance(max_length, str) and max_length not in ("longest", "model"):
+        raise GPTClassifierError(
+            f"data.max_length={max_length!r} is unknown: use longest, model or a number of tokens"
+        )
+    if isinstance(max_length, int) and not 0 < max_length <= context_length:
+        raise GPTClassifierError(
+            f"data.max_length={max_length} must be between 1 and the context length {context_length}"
+        )
+    if batch_size < 1:
+        raise GPTClassifierError(f"data.batch_size={batch_size} must be at least 1")
+
+
 class TextClassificationDataModule(L.LightningDataModule):
     """Token batches from `train.csv`, `validation.csv` and `test.csv` in `data_dir`.
 
@@ -74,23 +97,13 @@ class TextClassificationDataModule(L.LightningDataModule):
         truncation_side: Literal["right", "left"] = "right",
     ) -> None:
         super().__init__()
-        if truncation_side not in ("right", "left"):
-            raise GPTClassifierError(
-                f"data.truncation_side={truncation_side!r} is unknown: use right (keep the beginning) "
-                "or left (keep the end)"
-            )
-        if padding not in ("max_length", "dynamic", "none"):
-            raise GPTClassifierError(f"data.padding={padding!r} is unknown: use max_length, dynamic or none")
-        if isinstance(max_length, str) and max_length not in ("longest", "model"):
-            raise GPTClassifierError(
-                f"data.max_length={max_length!r} is unknown: use longest, model or a number of tokens"
-            )
-        if isinstance(max_length, int) and not 0 < max_length <= context_length:
-            raise GPTClassifierError(
-                f"data.max_length={max_length} must be between 1 and the context length {context_length}"
-            )
-        if batch_size < 1:
-            raise GPTClassifierError(f"data.batch_size={batch_size} must be at least 1")
+        check_batching(
+            batch_size=batch_size,
+            max_length=max_length,
+            context_length=context_length,
+            padding=padding,
+            truncation_side=truncation_side,
+        )
         self.data_dir = Path(data_dir)
         self.class_names = list(class_names)
         self.text_column = text_column

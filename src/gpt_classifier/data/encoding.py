@@ -94,12 +94,14 @@ def encode_corpus(
 def pad_batch(
     token_ids: Sequence[Sequence[int]], pad_token_id: int = PAD_TOKEN_ID, width: int | None = None
 ) -> tuple[Tensor, Tensor]:
-    """`input_ids [B, width or the longest]` padded at the end with `pad_token_id`, and `lengths [B]`."""
+    """`input_ids [B, width or the longest]` padded at the end with `pad_token_id`, and `lengths [B]`.
+
+    Filled in NumPy: the rows may be read-only views (`TokenArrays`), which torch will not wrap."""
     lengths = [len(ids) for ids in token_ids]
-    input_ids = torch.full((len(token_ids), width or max(lengths)), pad_token_id, dtype=torch.long)
+    input_ids = np.full((len(token_ids), width or max(lengths)), pad_token_id, dtype=np.int64)
     for row, ids in enumerate(token_ids):
-        input_ids[row, : lengths[row]] = torch.as_tensor(ids, dtype=torch.long)
-    return input_ids, torch.tensor(lengths)
+        input_ids[row, : lengths[row]] = ids
+    return torch.from_numpy(input_ids), torch.tensor(lengths)
 
 
 class EncodedDataset(Dataset):

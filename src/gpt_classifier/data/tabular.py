@@ -46,6 +46,24 @@ def read_table(
         raise GPTClassifierError(
             f"{path} not found: set data.path (or data.train_path ...) to an existing file"
         )
+    df = _load_frame(path, header=header)
+    for option, column in (("text_column", text_column), ("label_column", label_column)):
+        if column not in df.columns:
+            hint = "; if the file has no header row, set data.header=false and use column numbers"
+            raise GPTClassifierError(
+                f"{path}: no column {column!r} for data.{option} "
+                f"(columns: {', '.join(map(str, df.columns))}){hint if header else ''}"
+            )
+    table = pd.DataFrame({"Text": df[text_column], "Label": df[label_column]})
+    if table.empty:
+        raise GPTClassifierError(
+            f"{path}: {'a header row and ' if header else ''}no data rows: add labelled rows (one per line)"
+        )
+    return _checked_cells(table, path, (text_column, label_column), header=header)
+
+
+def _load_frame(path: Path, *, header: bool) -> pd.DataFrame:
+    """The whole file as read by pandas for its suffix; unreadable files become one error line."""
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise GPTClassifierError(
@@ -53,7 +71,7 @@ def read_table(
         )
     try:
         if kind in ("csv", "tsv"):
-            df = pd.read_csv(
+            return pd.read_csv(
                 path,
                 sep="," if kind == "csv" else "\t",
                 header=0 if header else None,
@@ -62,10 +80,9 @@ def read_table(
                 na_values=[""],
                 dtype=str,
             )
-        elif kind == "jsonl":
-            df = pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
-        else:
-            df = pd.read_parquet(path)
+        if kind == "jsonl":
+            return pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
+        return pd.read_parquet(path)
     except ImportError:
         raise GPTClassifierError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
     except UnicodeDecodeError as err:
@@ -76,29 +93,16 @@ def read_table(
     except (ValueError, OSError, pd.errors.ParserError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GPTClassifierError(f"{path} cannot be read as {kind}: {first_line}") from None
-    for option, column in (("text_column", text_column), ("label_column", label_column)):
-        if column not in df.columns:
-            hint = (
-                ""
-                if not header
-                else "; if the file has no header row, set data.header=false and use column numbers"
-            )
-            raise GPTClassifierError(
-                f"{path}: no column {column!r} for data.{option} "
-                f"(columns: {', '.join(map(str, df.columns))}){hint}"
-            )
-    table = pd.DataFrame({"Text": df[text_column], "Label": df[label_column]})
-    if table.empty:
-        raise GPTClassifierError(
-            f"{path}: {'a header row and ' if header else ''}no data rows: add labelled rows (one per line)"
-        )
+
+
+def _checked_cells(
+    table: pd.DataFrame, path: Path, columns: tuple[str | int, str | int], *, header: bool
+) -> pd.DataFrame:
+    """`table` with text as str and labels as int or str, after refusing blank texts and labels."""
     text = table["Text"].astype("string")
     blank = text.isna() | (text.str.strip() == "")
     missing = table["Label"].isna() | (table["Label"].astype("string").str.strip() == "")
-    for option, column, empty in (
-        ("text_column", text_column, blank),
-        ("label_column", label_column, missing),
-    ):
+    for option, column, empty in zip(("text_column", "label_column"), columns, (blank, missing), strict=True):
         if empty.all():
             raise GPTClassifierError(
                 f"{path}: column {column!r} (data.{option}) is empty in every row: is it the right column?"
@@ -231,8 +235,13 @@ class TabularDataModule(TextClassificationDataModule):
         self.balance = balance
         self.fractions = list(fractions)
         self.seed = seed
+        self.prepared = False
 
     def prepare_data(self) -> None:
+        """Read, check, split and write the files, once per data module (Lightning calls this again
+        before fitting and testing)."""
+        if self.prepared:
+            return
         text_column, label_column = self.source_columns
         if self.path is not None:
             df = read_table(self.path, text_column, label_column, self.header)
@@ -266,6 +275,7 @@ class TabularDataModule(TextClassificationDataModule):
             counts,
             self.data_dir,
         )
+        self.prepared = True
 
     def setup(self, stage: str | None = None) -> None:
         classes = self.data_dir / "classes.json"

@@ -76,6 +76,15 @@ def load_classifier(
     with torch.device("meta"), skipped_normal_init():  # no time on weights that are replaced at once
         classifier = build_classifier(**settings)
     state = {k.removeprefix(STATE_PREFIX): v for k, v in checkpoint["state_dict"].items()}
+    missing, unexpected = (
+        sorted(classifier.state_dict().keys() - state),
+        sorted(state - classifier.state_dict().keys()),
+    )
+    if missing or unexpected:
+        raise GPTClassifierError(
+            f"checkpoint {path} does not fit this version's model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}): load it with the gpt-classifier version that wrote it, or train again"
+        )
     classifier.load_state_dict(state, assign=True)
     classifier.set_decision(checkpoint.get("decision") or {})
     if merge:

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from gpt_classifier.data.tokenizer import PAD_TOKEN_ID
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.finetune import apply_policy
-from gpt_classifier.model.gpt import GPTModel, Packing
+from gpt_classifier.model.gpt import GPTModel
+from gpt_classifier.model.packed import Packing, classify, classify_rows
 from gpt_classifier.model.weights import build_backbone
 
 Position = Literal["last", "first", "flexible"]
@@ -161,7 +162,7 @@ class TextClassifier(nn.Module):
         """Logits from hidden states `x` entering block `start_block` (the cached trunk's output)."""
         pooled = {"mean_over": lengths} if self.reading.pooling == "mean" else {"read_pos": read_pos}
         prefix = needed if self.read_positions_only else None
-        return self.model.classify(x, start_block=start_block, prefix=prefix, **pooled)
+        return classify(self.model, x, start_block=start_block, prefix=prefix, **pooled)
 
     def logits_from_rows(
         self, rows: Tensor, packing: Packing, *, read_pos: Tensor, lengths: Tensor, start_block: int = 0
@@ -173,7 +174,7 @@ class TextClassifier(nn.Module):
                 x, read_pos=read_pos, lengths=lengths, needed=packing.lengths, start_block=start_block
             )
         pooled = {"mean_over": lengths} if self.reading.pooling == "mean" else {"read_pos": read_pos}
-        return self.model.classify_rows(rows, packing, start_block=start_block, **pooled)
+        return classify_rows(self.model, rows, packing, start_block=start_block, **pooled)
 
     @property
     def context_length(self) -> int:

@@ -30,8 +30,19 @@ HUB_REPOS = {
 WEIGHTS_FILE = "model.safetensors"
 
 
+LOCAL_CHOICES = (
+    "model.weights=random, or a local folder with a Hugging Face GPT-2 (model.weights=/path/to/dir)"
+)
+OFFLINE_CHOICES = f"{LOCAL_CHOICES}, or HF_HUB_OFFLINE=1 with a copy in the Hugging Face cache"
+HUB_CHECK_SECONDS = 3.0  # how long the Hub may take to answer before we call it unreachable
+
+
 def checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
-    """A local folder holding `config.json` and `model.safetensors`, downloading by name if needed."""
+    """A local folder holding `config.json` and `model.safetensors`, downloading by name if needed.
+
+    A cached copy is used without asking the Hub. Otherwise the Hub gets one quick request first:
+    `hf_hub_download` retries an unreachable Hub for most of a minute before it gives up.
+    """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -41,17 +52,45 @@ def checkpoint_dir(name_or_path: str | os.PathLike) -> Path:
             f"weights {name!r} is neither a folder nor a known model: "
             f"use one of {', '.join(HUB_REPOS)}, a local Hugging Face folder, or 'random'"
         )
-    from huggingface_hub import hf_hub_download  # here: prediction from a checkpoint never needs it
+    from huggingface_hub import constants, hf_hub_download  # here: prediction never needs it
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    try:  # cached, resumable, and honours HF_HUB_OFFLINE
-        hf_hub_download(HUB_REPOS[name], "config.json")
-        return Path(hf_hub_download(HUB_REPOS[name], WEIGHTS_FILE)).parent
+    def download(*, cached_only: bool) -> Path:
+        hf_hub_download(HUB_REPOS[name], "config.json", local_files_only=cached_only)
+        return Path(hf_hub_download(HUB_REPOS[name], WEIGHTS_FILE, local_files_only=cached_only)).parent
+
+    try:
+        return download(cached_only=True)
+    except LocalEntryNotFoundError:
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise GPTClassifierError(
+            f"HF_HUB_OFFLINE is set and {name} is not in the Hugging Face cache: download it once online, "
+            f"or use {LOCAL_CHOICES}"
+        )
+    if not hub_reachable(constants.ENDPOINT):
+        raise GPTClassifierError(
+            f"cannot reach the Hugging Face Hub ({constants.ENDPOINT}) to download {name}: "
+            f"to train offline use {OFFLINE_CHOICES}"
+        )
+    try:  # cached, resumable
+        return download(cached_only=False)
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
         raise GPTClassifierError(
             f"cannot download {name} from the Hugging Face Hub ({type(err).__name__}): "
-            "pass a local folder with model.weights=/path/to/dir, or use model.weights=random"
+            f"to train offline use {OFFLINE_CHOICES}"
         ) from None
+
+
+def hub_reachable(endpoint: str) -> bool:
+    """Whether the Hub answers one request within `HUB_CHECK_SECONDS` (any HTTP status counts)."""
+    from huggingface_hub.utils import get_session  # its proxies and headers, as downloads use them
+
+    try:
+        get_session().head(endpoint, timeout=HUB_CHECK_SECONDS)
+    except Exception:  # any transport error of the HTTP client (requests or httpx, by version)
+        return False
+    return True
 
 
 def config_from_hf(config: dict) -> GPTConfig:

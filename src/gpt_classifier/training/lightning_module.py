@@ -101,15 +101,7 @@ class GPTClassifier(L.LightningModule):
             budget_gb=finetune_settings.get("cache_budget_gb"),
             spill_dir=Path(cache_dir) if cache_dir is not None else None,
         )
-        num_classes = len(class_names)
-        finals = tuple(f"final_{SHORT_NAMES[s]}" for s in SPLITS)
-        # Summed over processes (DDP) by torchmetrics; the final evaluation gathers every probability.
-        fit = ("fit_train", "fit_val")
-        self.accuracy = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in fit})
-        self.mean_loss = nn.ModuleDict({s: MeanMetric() for s in (*fit, *finals)})
-        self.final_probs = nn.ModuleDict({s: CatMetric() for s in finals})
-        self.final_labels = nn.ModuleDict({s: CatMetric() for s in finals})
-        self.confusion = MulticlassConfusionMatrix(num_classes, sync_on_compute=False)  # gathered already
+        self._add_metrics(len(class_names))
         self.test_outputs: tuple[Tensor, Tensor] | None = None  # test split (probabilities, labels)
         self.test_scores: dict[str, float] = {}
         self.examples_seen = 0
@@ -117,6 +109,17 @@ class GPTClassifier(L.LightningModule):
         self.final_metrics: dict[str, float] = {}
         self.test_report: dict[str, dict[str, float]] = {}
         self._resumed_rng_states: dict[str, Any] | None = None
+
+    def _add_metrics(self, num_classes: int) -> None:
+        """Accuracy and loss while fitting; probabilities, labels and confusion for the final evaluation.
+        Summed over processes (DDP) by torchmetrics; the final evaluation gathers every probability."""
+        finals = tuple(f"final_{SHORT_NAMES[s]}" for s in SPLITS)
+        fit = ("fit_train", "fit_val")
+        self.accuracy = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in fit})
+        self.mean_loss = nn.ModuleDict({s: MeanMetric() for s in (*fit, *finals)})
+        self.final_probs = nn.ModuleDict({s: CatMetric() for s in finals})
+        self.final_labels = nn.ModuleDict({s: CatMetric() for s in finals})
+        self.confusion = MulticlassConfusionMatrix(num_classes, sync_on_compute=False)  # gathered already
 
     @property
     def class_names(self) -> list[str]:
@@ -207,7 +210,7 @@ class GPTClassifier(L.LightningModule):
             "val_acc": float(self.accuracy["fit_val"].compute()),
         }
         self.history.append(row)
-        self._log_by_examples({"val_loss": row["val_loss"], "val_acc": row["val_acc"]})
+        self._log_by_examples({key: row[key] for key in ("train_acc", "val_loss", "val_acc")})
 
     def on_train_epoch_end(self) -> None:
         self.mean_loss["fit_train"].reset()  # logged above through `train/loss`, kept for the history

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -26,6 +29,7 @@ from gpt_classifier.training.lightning_module import SHORT_NAMES, GPTClassifier
 from gpt_classifier.training.phases import PhaseTimer
 from gpt_classifier.training.reports import close, plot_confusion, plot_curves, plot_history
 from gpt_classifier.training.resume import check_resume
+from gpt_classifier.training.sweeps import in_multirun
 from gpt_classifier.training.tracking import log_artifacts
 
 log = logging.getLogger(__name__)
@@ -102,28 +106,18 @@ def make_module(cfg: DictConfig, datamodule: TextClassificationDataModule) -> GP
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (unless `train=false`), evaluate the best checkpoint on every split, write the run folder."""
-    check_config(cfg)
-    apply_threads(cfg.get("threads"))
-    out_dir = Path(cfg.paths.output_dir)
-    L.seed_everything(cfg.seed, workers=True)
-    if cfg.train:
-        datamodule = make_datamodule(cfg)
-        module = make_module(cfg, datamodule)
-        if cfg.ckpt_path:  # one clear line now, not a size mismatch deep inside load_state_dict
-            check_resume(cfg.ckpt_path, dict(module.hparams))
-    else:  # evaluate a checkpoint: its own model and data settings, not the command line's
-        settings = classifier_settings(read_hyper_parameters(cfg.ckpt_path))
-        data = settings["data"] or {}
-        datamodule = make_datamodule(cfg, max_length=data.get("max_length"), padding=data.get("padding"))
-        module = GPTClassifier(**{**settings, "model": {**settings["model"], "weights": "random"}})
-    trainer = make_trainer(cfg)
-
+    print_lightning_lines_once()
+    with no_stub_folder_on_failure(Path(cfg.paths.output_dir)):
+        check_config(cfg)
+        apply_threads(cfg.get("threads"))
+        L.seed_everything(cfg.seed, workers=True)
+        datamodule, module = make_run(cfg)
+        trainer = make_trainer(cfg)
     started = time.perf_counter()
     if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     train_seconds = time.perf_counter() - started if cfg.train else 0.0
     history, examples_seen = list(module.history), module.examples_seen
-
     best = trainer.checkpoint_callback.best_model_path if cfg.train and trainer.checkpoint_callback else None
     evaluated = best or cfg.ckpt_path
     if cfg.test:
@@ -140,6 +134,62 @@ def train(cfg: DictConfig) -> dict[str, float]:
             save_decision(module, best)
     metrics.update(examples_seen=examples_seen, train_seconds=round(train_seconds, 2))
     metrics["epochs_trained"] = history[-1]["epoch"] if history else 0
+    write_outputs(cfg, module, trainer, metrics=metrics, history=history, evaluated=evaluated)
+    return metrics
+
+
+def print_lightning_lines_once() -> None:
+    """Lightning's `lightning` logger has a console handler of its own and also passes its lines on to
+    the root logger: when the root prints them (Hydra's handlers), the own handler goes."""
+    if not logging.getLogger().handlers:
+        return
+    lightning_log = logging.getLogger("lightning")
+    for handler in list(lightning_log.handlers):
+        if type(handler) is logging.StreamHandler:  # a console, not a file
+            lightning_log.removeHandler(handler)
+
+
+def make_run(cfg: DictConfig) -> tuple[TextClassificationDataModule, GPTClassifier]:
+    """The data and the module: built from the config to train, or from the checkpoint to evaluate."""
+    if cfg.train:
+        datamodule = make_datamodule(cfg)
+        module = make_module(cfg, datamodule)
+        if cfg.ckpt_path:  # one clear line now, not a size mismatch deep inside load_state_dict
+            check_resume(cfg.ckpt_path, dict(module.hparams))
+        return datamodule, module
+    # Evaluate a checkpoint: its own model and data settings, not the command line's.
+    settings = classifier_settings(read_hyper_parameters(cfg.ckpt_path))
+    data = settings["data"] or {}
+    datamodule = make_datamodule(cfg, max_length=data.get("max_length"), padding=data.get("padding"))
+    return datamodule, GPTClassifier(**{**settings, "model": {**settings["model"], "weights": "random"}})
+
+
+@contextmanager
+def no_stub_folder_on_failure(out_dir: Path) -> Iterator[None]:
+    """A run that fails before writing anything but Hydra's own files (`.hydra/`, the log) removes its
+    folder, so failed attempts do not pile up among the runs; sweeps keep theirs for `FAILED`."""
+    try:
+        yield
+    except BaseException:
+        hydra_files_only = out_dir.is_dir() and all(
+            entry.name == ".hydra" or entry.suffix == ".log" for entry in out_dir.iterdir()
+        )
+        if hydra_files_only and not in_multirun():
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def write_outputs(
+    cfg: DictConfig,
+    module: GPTClassifier,
+    trainer: L.Trainer,
+    *,
+    metrics: dict[str, float],
+    history: list[dict[str, float]],
+    evaluated: str | None,
+) -> None:
+    """metrics.json, the report and plots, logged as artifacts too, and the summary on the console."""
+    out_dir = Path(cfg.paths.output_dir)
     write_json_atomic(metrics, out_dir / "metrics.json")
     plots = plot_history(history, out_dir)
     if cfg.test:
@@ -154,7 +204,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for callback in trainer.callbacks:
         if isinstance(callback, PhaseTimer):  # enabled by the speed benchmark: phases.json
             callback.finish(trainer, module)
-    return metrics
 
 
 def save_decision(module: GPTClassifier, best: str) -> None:

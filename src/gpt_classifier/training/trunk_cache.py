@@ -17,12 +17,11 @@ files go at `clear()`, and at the latest when the process exits.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,65 +33,15 @@ from tqdm.auto import tqdm
 from gpt_classifier.data.encoding import pad_batch
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.classifier import TextClassifier
-from gpt_classifier.model.gpt import Packing, run_blocks
+from gpt_classifier.model.packed import Packing, run_blocks
+from gpt_classifier.training.cached_split import SPILLED, CachedSplit, token_chunks
 from gpt_classifier.training.memory_budget import device_headroom, host_headroom
 
 log = logging.getLogger(__name__)
 
-_SPILLED: set[Path] = set()  # cache files still on disk: removed at exit if nobody did before
-
-
-@atexit.register
-def _remove_spilled() -> None:
-    for path in list(_SPILLED):
-        path.unlink(missing_ok=True)
-        _SPILLED.discard(path)
-
 
 def _mb(nbytes: float) -> str:
     return f"{nbytes / 2**20:,.1f} MB"
-
-
-def _chunks(order: list[int], sizes: list[int], budget: int) -> Iterator[list[int]]:
-    """Consecutive runs of `order` whose `sizes` add up to at most `budget` (or one item, if larger)."""
-    chunk: list[int] = []
-    total = 0
-    for i in order:
-        if chunk and total + sizes[i] > budget:
-            yield chunk
-            chunk, total = [], 0
-        chunk.append(i)
-        total += sizes[i]
-    if chunk:
-        yield chunk
-
-
-class CachedSplit:
-    """Stored hidden states of one split: a `[needed_i, D]` prefix per example and where to read it."""
-
-    def __init__(
-        self, states: list[Tensor], read_pos: Tensor, lengths: Tensor, path: Path | None = None
-    ) -> None:
-        self.states, self.read_pos, self.lengths = states, read_pos, lengths
-        self.needed = torch.tensor([len(s) for s in states])
-        self.path = path  # the memory-mapped file holding the states, if they were spilled to disk
-
-    def batch(self, index: Tensor, device: torch.device) -> dict[str, Any]:
-        """The examples' states as packed rows `[sum needed, D]` (the layout `Packing` computes on, so
-        nothing is padded and packed again), their `Packing`, and the tail's other inputs."""
-        index = index.cpu()
-        rows = torch.cat([self.states[i] for i in index.tolist()])
-        needed = self.needed[index]
-        return {
-            "rows": rows.to(device, non_blocking=True),
-            "packing": Packing(needed, int(needed.max())).to(device),  # built on the CPU: no device sync
-            "read_pos": self.read_pos[index].to(device, non_blocking=True),
-            "lengths": self.lengths[index].to(device, non_blocking=True),
-        }
-
-    @property
-    def nbytes(self) -> int:
-        return sum(s.numel() * s.element_size() for s in self.states)
 
 
 class TrunkCache:
@@ -176,7 +125,7 @@ class TrunkCache:
         self.splits.clear()
         for path in paths:
             path.unlink(missing_ok=True)
-            _SPILLED.discard(path)
+            SPILLED.discard(path)
         if paths and self.spill_dir is not None and not any(self.spill_dir.iterdir()):
             self.spill_dir.rmdir()
 
@@ -223,7 +172,7 @@ class TrunkCache:
             )
             return None
         path = self.spill_dir / f"{split}-{os.getpid()}.f32"
-        _SPILLED.add(path)
+        SPILLED.add(path)
         storage = np.memmap(path, dtype=np.float32, mode="w+", shape=(rows, width))
         log.info("the %s cache spills to %s (memory-mapped, read back per batch)", split, path)
         return torch.from_numpy(storage), path
@@ -237,18 +186,14 @@ class TrunkCache:
         tokens at a time (`Packing`: no work on padding). False when the states fit nowhere.
         """
         started, started_cpu = time.perf_counter(), time.process_time()
-        classifier, model = self.classifier, self.classifier.model
-        device = next(model.parameters()).device
-        lengths = torch.tensor([len(ids) for ids in token_ids])
-        widths = (
-            torch.full_like(lengths, classifier.max_length) if classifier.padding == "max_length" else lengths
-        )
-        reads = classifier.reading.read_positions(lengths, widths)
-        needed = classifier.reading.needed_lengths(lengths, widths).tolist()
-        pad = classifier.pad_token_id
-        views = [list(ids[:n]) + [pad] * (n - len(ids)) for ids, n in zip(token_ids, needed, strict=True)]
+        device = next(self.classifier.model.parameters()).device
+        lengths, reads, views = self._views(token_ids)
+        needed = [len(view) for view in views]
         # Without attention above (only the head learns), the read position alone is kept.
-        single_position = self.start_block == len(model.trf_blocks) and classifier.reading.pooling == "token"
+        single_position = (
+            self.start_block == len(self.classifier.model.trf_blocks)
+            and self.classifier.reading.pooling == "token"
+        )
         stored = [1] * len(views) if single_position else needed
         order = sorted(range(len(views)), key=needed.__getitem__, reverse=True)
         # All states in one tensor, in length order: no heap fragmented by thousands of small tensors.
@@ -256,23 +201,8 @@ class TrunkCache:
         if allocated is None:
             return False
         storage, path = allocated
-        pass_started, offset = time.perf_counter(), 0
-        try:
-            chunks = list(_chunks(order, needed, self.chunk_tokens))
-            for chunk in tqdm(chunks, desc=f"caching {split}", unit="chunk", leave=False, disable=None):
-                input_ids, chunk_lengths = pad_batch([views[i] for i in chunk], pad)
-                packing = Packing(chunk_lengths.to(device), input_ids.shape[1])
-                rows = packing.pack(model.embed(input_ids.to(device)))
-                rows = run_blocks(model.trf_blocks[: self.start_block], rows, packing)
-                if single_position:
-                    rows = packing.take(rows, reads[chunk].to(device))[:, 0]
-                storage[offset : offset + len(rows)] = rows
-                offset += len(rows)
-        except BaseException:
-            if path is not None:
-                path.unlink(missing_ok=True)
-                _SPILLED.discard(path)
-            raise
+        pass_started = time.perf_counter()
+        self._fill(storage, path, views, order, split=split, reads=reads if single_position else None)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the pass ends when its kernels do
         seconds = time.perf_counter() - pass_started
@@ -296,3 +226,49 @@ class TrunkCache:
             f" in {path}" if path else "",
         )
         return True
+
+    def _views(self, token_ids: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor, list[list[int]]]:
+        """The examples' lengths, read positions, and the token ids the tail depends on: each example
+        cut (or padded) to its needed length, as the uncached path would see it."""
+        classifier = self.classifier
+        lengths = torch.tensor([len(ids) for ids in token_ids])
+        widths = (
+            torch.full_like(lengths, classifier.max_length) if classifier.padding == "max_length" else lengths
+        )
+        reads = classifier.reading.read_positions(lengths, widths)
+        needed = classifier.reading.needed_lengths(lengths, widths).tolist()
+        pad = classifier.pad_token_id
+        views = [list(ids[:n]) + [pad] * (n - len(ids)) for ids, n in zip(token_ids, needed, strict=True)]
+        return lengths, reads, views
+
+    def _fill(
+        self,
+        storage: Tensor,
+        path: Path | None,
+        views: list[list[int]],
+        order: list[int],
+        *,
+        split: str,
+        reads: Tensor | None,
+    ) -> None:
+        """Write the frozen blocks' states of `views`, in `order`, into `storage` (only the read
+        positions `reads` when given); a failed pass removes its spill file."""
+        model = self.classifier.model
+        device = next(model.parameters()).device
+        offset = 0
+        try:
+            chunks = list(token_chunks(order, [len(v) for v in views], self.chunk_tokens))
+            for chunk in tqdm(chunks, desc=f"caching {split}", unit="chunk", leave=False, disable=None):
+                input_ids, chunk_lengths = pad_batch([views[i] for i in chunk], self.classifier.pad_token_id)
+                packing = Packing(chunk_lengths.to(device), input_ids.shape[1])
+                rows = packing.pack(model.embed(input_ids.to(device)))
+                rows = run_blocks(model.trf_blocks[: self.start_block], rows, packing)
+                if reads is not None:
+                    rows = packing.take(rows, reads[chunk].to(device))[:, 0]
+                storage[offset : offset + len(rows)] = rows
+                offset += len(rows)
+        except BaseException:
+            if path is not None:
+                path.unlink(missing_ok=True)
+                SPILLED.discard(path)
+            raise
