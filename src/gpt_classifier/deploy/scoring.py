@@ -55,11 +55,11 @@ def check_threshold(class_names: list[str], threshold: float | None) -> None:
 
 
 def text_problem(value: object) -> str | None:
-    """Why `value` cannot be classified (no text, empty, not a string), or None."""
+    """Why `value` cannot be classified (missing or blank: empty; not a string), or None."""
     if isinstance(value, str):
         return None if value.strip() else "empty text"
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "no text"
+        return "empty text"
     return f"text is a {type(value).__name__}, not a string"
 
 
