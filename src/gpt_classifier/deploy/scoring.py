@@ -182,6 +182,10 @@ def score_file(
     """
     input_path, output_path = Path(input_path), Path(output_path)
     output_format(output_path)
+    if not input_path.is_file():
+        raise GPTClassifierError(
+            f"--input {input_path} not found: pass an existing CSV, TSV, JSONL or Parquet file"
+        )
     if output_path.resolve() == input_path.resolve():
         raise GPTClassifierError(f"--output {output_path} is the input: choose another file")
     predictor = load_predictor(model_path, device)
@@ -192,9 +196,8 @@ def score_file(
         "file_options": asdict(file_options),
     }
     summary, started = ScoreSummary(), time.perf_counter()
-    chunks = read_table_chunks(
-        input_path, file_options.chunk_rows, file_options.header, file_options.encoding
-    )
+    read = read_table_chunks(input_path, file_options.chunk_rows, file_options.header, file_options.encoding)
+    chunks = (chunk for chunk in read if len(chunk.rows) or chunk.broken)  # a header alone: no chunk
     parts: ChunkParts | None = None
     columns: list[str] = []
     with tqdm(unit="text", disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
