@@ -1,0 +1,40 @@
+"""Score a Ray Dataset: `BatchScorer` on an actor pool, one model load per actor.
+
+Each actor is a long-lived worker process that builds one `BatchScorer` (loading the model once
+from `model_path`, a path every node can read) and maps pandas batches through `score_frame`.
+Needs the `ray` extra: `pip install -e '.[ray]'`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gpt_classifier.deploy.scoring import BatchScorer, ScoringOptions
+
+if TYPE_CHECKING:
+    import ray.data
+
+
+def score_dataset(
+    dataset: ray.data.Dataset,
+    model_path: str | Path,
+    options: ScoringOptions,
+    *,
+    workers: int = 2,
+    batch_rows: int = 1000,
+    device: str = "cpu",
+) -> ray.data.Dataset:
+    """`dataset` with the prediction columns of `score_frame` added, scored by `workers` actors.
+
+    `batch_rows` rows go to an actor at a time (its memory holds one batch); rows keep their order
+    within a batch, and the dataset's own order with `ctx.execution_options.preserve_order`.
+    """
+    return dataset.map_batches(
+        BatchScorer,
+        fn_constructor_kwargs={"model_path": str(model_path), "options": options, "device": device},
+        batch_format="pandas",
+        batch_size=batch_rows,
+        concurrency=workers,
+        num_cpus=1,
+    )
