@@ -1,11 +1,15 @@
 """`predict.py MODEL --input TABLE --output FILE`: bad rows by row number, one-line errors, outputs kept."""
 
+import io
+import sys
+
 import pandas as pd
 import pytest
 from helpers import write_random_checkpoint
 
 from gpt_classifier.cli import main as gpt_classifier
 from gpt_classifier.cli.predict import main as predict
+from gpt_classifier.deploy.scoring import FileOptions, ScoringOptions, score_file
 
 # Rows as a spreadsheet counts them (header = row 1): the multi-line texts of rows 2 and 3 make the
 # file's line numbers differ from them; row 4 has too many fields, row 5 an empty text.
@@ -156,3 +160,23 @@ def test_gpt_classifier_predict_scores_a_table(model_path, tmp_path, capsys):
         == 0
     )
     assert pd.read_json(tmp_path / "o.jsonl", lines=True)["text"].tolist() == ["hello"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("on_terminal", [True, False])
+def test_progress_bar_only_on_a_terminal(model_path, tmp_path, monkeypatch, capsys, on_terminal):
+    """Texts done out of the (estimated) total, texts/s and the time left, on a terminal only."""
+    (tmp_path / "in.csv").write_text("text\n" + "hello there\n" * 50)
+    stderr = Terminal() if on_terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    options = FileOptions(chunk_rows=10)
+    score_file(model_path, tmp_path / "in.csv", tmp_path / "o.csv", ScoringOptions(), options)
+    bar = stderr.getvalue().replace("\r", "\n").splitlines()
+    finished = [line for line in bar if "50/50" in line]
+    assert bool(finished) == on_terminal, bar
+    if on_terminal:
+        assert "texts/s]" in finished[-1] and "100%|" in finished[-1] and "<00:00" in finished[-1]

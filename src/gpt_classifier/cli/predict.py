@@ -12,7 +12,6 @@ from pathlib import Path
 
 from gpt_classifier.cli.one_line_errors import OneLineParser, run_main
 from gpt_classifier.deploy.predictor import Prediction, load_predictor
-from gpt_classifier.deploy.scoring import check_threshold
 from gpt_classifier.errors import GPTClassifierError
 
 
@@ -180,7 +179,10 @@ def cli(argv: Sequence[str] | None = None) -> None:
     if skipped:
         print(f"skipped {skipped} empty line{'s' * (skipped != 1)}", file=sys.stderr)
     predictor = load_predictor(args.model, args.device)
-    check_threshold(predictor.class_names, args.threshold)
+    if args.threshold is not None:  # imported only then: scoring tables needs pandas, texts do not
+        from gpt_classifier.deploy.scoring import check_threshold
+
+        check_threshold(predictor.class_names, args.threshold)
     predictions = predictor.predict(texts, args.batch_size, args.threshold, args.max_length)
     print("\n".join(map(json_line if args.json else tsv_line, predictions)), flush=True)
 

@@ -200,7 +200,7 @@ def score_file(
     chunks = (chunk for chunk in read if len(chunk.rows) or chunk.broken)  # a header alone: no chunk
     parts: ChunkParts | None = None
     columns: list[str] = []
-    with tqdm(unit="text", disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(unit=" texts", disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
         for index, chunk in enumerate(chunks):
             if parts is None:  # the first chunk: check the columns before anything is written
                 columns = output_columns(predictor, chunk, options, file_options.on_bad_row)
@@ -210,9 +210,9 @@ def score_file(
             summary.texts += stats["texts"]
             summary.bad_rows += stats["bad_rows"]
             summary.labels.update(stats["labels"])
-            bar.update(stats["texts"] + stats["bad_rows"])
-            bar.total = max(bar.n, round(bar.n / max(chunk.fraction_read, 1e-9)))
-            bar.refresh()
+            rows_done = bar.n + stats["texts"] + stats["bad_rows"]
+            bar.total = max(rows_done, round(rows_done / max(chunk.fraction_read, 1e-9)))  # an estimate
+            bar.update(rows_done - bar.n)
     if parts is None:
         raise GPTClassifierError(f"{input_path} has no data rows: nothing to score")
     parts.assemble(index + 1, columns)
