@@ -5,8 +5,8 @@ a fresh process, so its peak RSS is its own:
 
   ckpt          the checkpoint in torch, one process (`predict.py CKPT --input in.csv --output ...`)
   onnx int8     the same model exported with `--quantize int8`, ONNX Runtime
-  ray 2         Ray Data on a local 2-CPU cluster, 2 actors (`ray_scoring.score_dataset`); the RSS is
-                the driver's only
+  ray           Ray Data on a local 2-CPU cluster, 2 actors of half a CPU each (the reading and
+                writing tasks need the rest; `ray_scoring.score_dataset`); the RSS is the driver's
   ckpt big      `--big-rows` rows: memory stays flat as the file grows (one chunk in memory)
   resume        a run killed (SIGKILL) halfway, then the same command: its time against the full run
 
@@ -88,7 +88,8 @@ def run_case(case: str, model: Path, source: Path, output: Path) -> dict:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         parse = pyarrow.csv.ParseOptions(newlines_in_values=True)
         dataset = ray.data.read_csv(str(source), parse_options=parse)
-        score_dataset(dataset, model, ScoringOptions(), workers=2).write_parquet(str(output))
+        scored = score_dataset(dataset, model, ScoringOptions(), workers=2, cpus_per_worker=0.5)
+        scored.write_parquet(str(output))  # half a CPU per actor: the reads and writes get the rest
         ray.shutdown()
     else:
         from gpt_classifier.cli.predict import main

@@ -22,13 +22,16 @@ def score_dataset(
     options: ScoringOptions,
     *,
     workers: int = 2,
+    cpus_per_worker: float = 1,
     batch_rows: int = 1000,
     device: str = "cpu",
 ) -> ray.data.Dataset:
     """`dataset` with the prediction columns of `score_frame` added, scored by `workers` actors.
 
-    `batch_rows` rows go to an actor at a time (its memory holds one batch); rows keep their order
-    within a batch, and the dataset's own order with `ctx.execution_options.preserve_order`.
+    Each actor reserves `cpus_per_worker` CPUs for as long as the dataset runs: leave some for the
+    tasks that read and write it. `batch_rows` rows go to an actor at a time (its memory holds one
+    batch); rows keep their order within a batch, and the dataset's own order with
+    `DataContext.get_current().execution_options.preserve_order = True`.
     """
     return dataset.map_batches(
         BatchScorer,
@@ -36,5 +39,5 @@ def score_dataset(
         batch_format="pandas",
         batch_size=batch_rows,
         concurrency=workers,
-        num_cpus=1,
+        num_cpus=cpus_per_worker,
     )
