@@ -181,19 +181,12 @@ def score_file(
     each, with their row number.
     """
     input_path, output_path = Path(input_path), Path(output_path)
-    output_format(output_path)
-    if not input_path.is_file():
-        raise GPTClassifierError(
-            f"--input {input_path} not found: pass an existing CSV, TSV, JSONL or Parquet file"
-        )
-    if output_path.resolve() == input_path.resolve():
-        raise GPTClassifierError(f"--output {output_path} is the input: choose another file")
+    check_paths(input_path, output_path)
     predictor = load_predictor(model_path, device)
     manifest = {
         "input": file_fingerprint(input_path, hash_head=True),
         "model": file_fingerprint(Path(model_path), hash_head=False),
-        "options": asdict(options),
-        "file_options": asdict(file_options),
+        "options": {**asdict(options), **asdict(file_options)},
     }
     summary, started = ScoreSummary(), time.perf_counter()
     read = read_table_chunks(input_path, file_options.chunk_rows, file_options.header, file_options.encoding)
@@ -210,7 +203,7 @@ def score_file(
             summary.texts += stats["texts"]
             summary.bad_rows += stats["bad_rows"]
             summary.labels.update(stats["labels"])
-            rows_done = bar.n + stats["texts"] + stats["bad_rows"]
+            rows_done = summary.texts + summary.bad_rows
             bar.total = max(rows_done, round(rows_done / max(chunk.fraction_read, 1e-9)))  # an estimate
             bar.update(rows_done - bar.n)
     if parts is None:
@@ -218,6 +211,17 @@ def score_file(
     parts.assemble(index + 1, columns)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def check_paths(input_path: Path, output_path: Path) -> None:
+    """Before any work: an input that exists, an output format we write, and not the same file."""
+    output_format(output_path)
+    if not input_path.is_file():
+        raise GPTClassifierError(
+            f"--input {input_path} not found: pass an existing CSV, TSV, JSONL or Parquet file"
+        )
+    if output_path.resolve() == input_path.resolve():
+        raise GPTClassifierError(f"--output {output_path} is the input: choose another file")
 
 
 def output_columns(
