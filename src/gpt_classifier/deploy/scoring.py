@@ -127,6 +127,7 @@ class ScoreSummary:
     texts: int = 0
     bad_rows: int = 0
     resumed_chunks: int = 0
+    resumed_texts: int = 0  # scored by an earlier, interrupted run
     labels: Counter = field(default_factory=Counter)
     seconds: float = 0.0
 
@@ -134,7 +135,7 @@ class ScoreSummary:
         counts = ", ".join(f"{label} {count}" for label, count in sorted(self.labels.items()))
         resumed = f", {self.resumed_chunks} chunks done before" if self.resumed_chunks else ""
         bad = f"; {self.bad_rows} bad rows {'kept' if on_bad_row == 'keep' else 'skipped'}"
-        rate = self.texts / max(self.seconds, 1e-9)
+        rate = (self.texts - self.resumed_texts) / max(self.seconds, 1e-9)  # this run's own work
         return (
             f"scored {self.texts} texts in {self.seconds:.1f} s ({rate:.0f} texts/s{resumed}): "
             f"{counts or 'no labels'}{bad if self.bad_rows else ''}; wrote {output}"
@@ -199,7 +200,9 @@ def score_file(
                 columns = output_columns(predictor, chunk, options, file_options.on_bad_row)
                 parts = ChunkParts(output_path, manifest)
             stats = process_chunk(predictor, chunk, index, parts, columns, options, file_options, report)
-            summary.resumed_chunks += bool(stats.pop("resumed"))
+            if stats.pop("resumed"):
+                summary.resumed_chunks += 1
+                summary.resumed_texts += stats["texts"]
             summary.texts += stats["texts"]
             summary.bad_rows += stats["bad_rows"]
             summary.labels.update(stats["labels"])
