@@ -329,7 +329,9 @@ def test_cli_threshold_overrides_the_decision(cli):
 
 def test_cli_help_lists_every_option(cli):
     assert cli["help"].returncode == 0
-    for option in ("--file", "--json", "--batch-size", "--device", "--threshold", "--max-length", ".onnx"):
+    options = ("--file", "--json", "--batch-size", "--device", "--threshold", "--max-length", ".onnx")
+    table_options = ("--input", "--output", "--text-column", "--no-header", "--encoding", "--chunk-rows")
+    for option in (*options, *table_options, "--on-bad-row", "--column-prefix"):
         assert option in cli["help"].stdout
 
 

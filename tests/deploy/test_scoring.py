@@ -170,3 +170,39 @@ def test_summary_counts_labels(model_path, tmp_path):
     line = summary.line(tmp_path / "out.csv", "skip")
     assert line.startswith("scored 10 texts in ") and "spam 10; wrote " in line
     assert json.loads(json.dumps(dict(summary.labels))) == {"spam": 10}
+
+
+def test_the_file_is_read_one_chunk_ahead_of_scoring_at_most(model_path, tmp_path, monkeypatch):
+    """Memory flat as the file grows: a chunk is read only when the one before it is scored and
+    saved, never the whole file first (pandas' Arrow-backed strings escape tracemalloc, so this
+    checks the order of reads and scores instead)."""
+    path = write_table(corpus(1000), tmp_path / "in.csv")
+    events = []
+    real_reader, real_score_frame = scoring.read_table_chunks, scoring.score_frame
+
+    def reading(*args, **kwargs):
+        for chunk in real_reader(*args, **kwargs):
+            events.append("read")
+            yield chunk
+
+    def scoring_frame(predictor, frame, options):
+        if len(frame):
+            events.append("score")
+        return real_score_frame(predictor, frame, options)
+
+    monkeypatch.setattr(scoring, "read_table_chunks", reading)
+    monkeypatch.setattr(scoring, "score_frame", scoring_frame)
+    score_file(model_path, path, tmp_path / "out.csv", ScoringOptions(), FileOptions(chunk_rows=100))
+    assert events == ["read", "score"] * 10
+
+
+def test_onnx_model_scores_as_the_checkpoint(model_path, predictor, tmp_path):
+    from gpt_classifier.deploy.onnx_export import export_onnx
+    from gpt_classifier.model.checkpoint import load_classifier
+
+    onnx = tmp_path / "model.onnx"
+    export_onnx(load_classifier(model_path), onnx)
+    source = corpus(15)
+    path = write_table(source, tmp_path / "in.jsonl")
+    score_file(onnx, path, tmp_path / "out.parquet", ScoringOptions(), FileOptions(chunk_rows=4))
+    assert_scored(read_output(tmp_path / "out.parquet"), source, predictor)
