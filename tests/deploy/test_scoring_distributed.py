@@ -76,14 +76,14 @@ def test_ray_data_on_two_workers_equals_the_single_process(single_process):
     assert_same_predictions(scored, expected)
 
 
-def test_spark_local_two_equals_the_single_process(single_process):
+def test_spark_local_two_equals_the_single_process(single_process, monkeypatch):
     require("pyspark")
     from pyspark.sql import SparkSession
 
     from gpt_classifier.deploy.spark_scoring import score_spark_frame
 
     model_path, source, expected = single_process
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)  # the workers use this venv too
     spark = (
         SparkSession.builder.master("local[2]")
         .appName("score-test")
