@@ -23,14 +23,16 @@ def score_dataset(
     *,
     workers: int = 2,
     cpus_per_worker: float = 1,
+    gpus_per_worker: float = 0,
     batch_rows: int = 1000,
     device: str = "cpu",
 ) -> ray.data.Dataset:
     """`dataset` with the prediction columns of `score_frame` added, scored by `workers` actors.
 
-    Each actor reserves `cpus_per_worker` CPUs for as long as the dataset runs: leave some for the
-    tasks that read and write it. `batch_rows` rows go to an actor at a time (its memory holds one
-    batch); rows keep their order within a batch, and the dataset's own order with
+    Each actor reserves `cpus_per_worker` CPUs (and `gpus_per_worker` GPUs, with `device="cuda"`)
+    for as long as the dataset runs: leave some CPUs for the tasks that read and write it.
+    `batch_rows` rows go to an actor at a time (its memory holds one batch); rows keep their order
+    within a batch, and the dataset's own order with
     `DataContext.get_current().execution_options.preserve_order = True`.
     """
     return dataset.map_batches(
@@ -40,4 +42,5 @@ def score_dataset(
         batch_size=batch_rows,
         concurrency=workers,
         num_cpus=cpus_per_worker,
+        num_gpus=gpus_per_worker,
     )
