@@ -125,3 +125,22 @@ def run_many(jobs: dict[str, tuple[Path, Sequence[str], Path]], timeout: float =
     """Run several CLI commands at once (each is mostly import time) and wait for all of them."""
     started = {name: start_cli(*job) for name, job in jobs.items()}
     return {name: finish_cli(s, timeout) for name, s in started.items()}
+
+
+def write_random_checkpoint(path: Path, class_names: Sequence[str], max_length: int = 32) -> Path:
+    """A checkpoint of the tiny model with seeded random weights, as `load_classifier` reads it: for
+    tests of prediction plumbing, in a fraction of a second (no training)."""
+    from gpt_classifier.model.classifier import build_classifier
+
+    torch.manual_seed(0)
+    settings = {
+        "model": TINY_MODEL,
+        "class_names": list(class_names),
+        "finetune": {"policy": "last_block"},
+        "classifier": {"position": "last"},
+        "data": {"max_length": max_length, "padding": "max_length"},
+    }
+    classifier = build_classifier(**settings)
+    state = {f"classifier.{name}": value for name, value in classifier.state_dict().items()}
+    torch.save({"hyper_parameters": settings, "state_dict": state}, path)
+    return path

@@ -1,6 +1,7 @@
 """Classifying new texts: `classify_review`, batched `predict_texts`, the `predict.py` command line
 (.ckpt and .onnx), broken checkpoints and inputs."""
 
+import io
 import json
 import math
 import re
@@ -11,8 +12,18 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from helpers import PREDICT_PY, TINY_MODEL, CliResult, adamw, cli_env, quiet_trainer, run_many
+from helpers import (
+    PREDICT_PY,
+    TINY_MODEL,
+    CliResult,
+    adamw,
+    cli_env,
+    quiet_trainer,
+    run_many,
+    write_random_checkpoint,
+)
 
+from gpt_classifier.cli.predict import main as predict_main
 from gpt_classifier.cli.predict import read_texts
 from gpt_classifier.data.sms import SpamDataModule
 from gpt_classifier.data.tokenizer import get_tokenizer
@@ -161,7 +172,9 @@ def test_foreign_and_missing_checkpoints_are_clear_errors(tmp_path):
     ("texts", "file", "message"),
     [
         ([], None, "no texts given"),
-        (["", "  "], None, "no texts given"),
+        (["", "  "], None, "text 1 of 2 is empty: give it some words, or leave it out"),
+        (["a", "  ", "b"], None, "text 2 of 3 is empty"),
+        (["-", "a", "-"], None, "`-` (standard input) can be given once"),
         (["hello"], "{tmp}/texts.txt", "as arguments or --file, not both"),
         ([], "/missing/texts.txt", "--file /missing/texts.txt not found"),
         ([], "{tmp}", "is unreadable"),
@@ -183,7 +196,26 @@ def test_read_texts_skips_and_counts_blank_lines(tmp_path):
     assert read_texts([], str(path)) == (["one, two!", "three\u2028still three"], 3)
     path.write_text("no final newline\n\nlast")
     assert read_texts([], str(path)) == (["no final newline", "last"], 1)
-    assert read_texts(["a", "", "b"], None) == (["a", "b"], 1)
+    assert read_texts(["a", "b"], None) == (["a", "b"], 0)
+
+
+def test_dash_reads_standard_input_as_one_text(monkeypatch):
+    """The Unix convention: `-` is standard input, here one text (a multi-line e-mail, say)."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"Dear user,\nyou won!\r\n")))
+    assert read_texts(["first", "-", "last"], None) == (["first", "Dear user,\nyou won!", "last"], 0)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\n")))
+    with pytest.raises(GPTClassifierError, match=re.escape("text 1 of 1 (`-`: standard input) is empty")):
+        read_texts(["-"], None)
+
+
+def test_threshold_with_more_than_two_classes_is_a_one_line_error(tmp_path, capsys):
+    model = write_random_checkpoint(tmp_path / "three.ckpt", ["a", "b", "c"])
+    assert predict_main([str(model), "--threshold", "0.5", "hello"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().count("\n") == 0
+    assert "--threshold is for two classes; this model has 3 (a, b, c)" in err
+    assert predict_main([str(model), "hello"]) == 0
+    assert capsys.readouterr().out.split("\t")[0] in ("a", "b", "c")
 
 
 QUOTES = 'She said "call me" and I\'m like... ok'
@@ -297,7 +329,9 @@ def test_cli_threshold_overrides_the_decision(cli):
 
 def test_cli_help_lists_every_option(cli):
     assert cli["help"].returncode == 0
-    for option in ("--file", "--json", "--batch-size", "--device", "--threshold", "--max-length", ".onnx"):
+    options = ("--file", "--json", "--batch-size", "--device", "--threshold", "--max-length", ".onnx")
+    table_options = ("--input", "--output", "--text-column", "--no-header", "--encoding", "--chunk-rows")
+    for option in (*options, *table_options, "--on-bad-row", "--column-prefix"):
         assert option in cli["help"].stdout
 
 

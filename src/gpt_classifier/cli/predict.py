@@ -1,7 +1,9 @@
-"""`predict.py` / `gpt-classifier predict`: classify texts given as arguments, a file or stdin."""
+"""`predict.py` / `gpt-classifier predict`: classify texts given as arguments, a file or stdin, or score
+a table (CSV, TSV, JSONL, Parquet) into a file."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -13,34 +15,56 @@ from gpt_classifier.deploy.predictor import Prediction, load_predictor
 from gpt_classifier.errors import GPTClassifierError
 
 
+def decode_utf8(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise GPTClassifierError(
+            f"{name} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}): "
+            "save it as UTF-8, one text per line"
+        ) from None
+
+
+def read_arguments(texts: Sequence[str]) -> list[str]:
+    """The TEXT arguments; a bare `-` is the whole of standard input, as one text (an e-mail, say)."""
+    if list(texts).count("-") > 1:
+        raise GPTClassifierError("`-` (standard input) can be given once: it is read as one text")
+    read: list[str] = []
+    for number, text in enumerate(texts, start=1):
+        where = f"text {number} of {len(texts)}"
+        if text == "-":
+            text = decode_utf8(sys.stdin.buffer.read(), "standard input").removesuffix("\n")
+            text, where = text.removesuffix("\r"), f"{where} (`-`: standard input)"
+        if not text.strip():
+            raise GPTClassifierError(f"{where} is empty: give it some words, or leave it out")
+        read.append(text)
+    return read
+
+
 def read_texts(texts: Sequence[str], file: str | None) -> tuple[list[str], int]:
-    """The texts to classify (arguments, or a file's lines; `-` is stdin) and how many blank ones were
+    """The texts to classify (arguments, or a file's lines; `-` is stdin) and how many blank lines were
     skipped. Lines end at `\\n` only, so other Unicode line breaks stay inside a text."""
     if file is not None and texts:
         raise GPTClassifierError("pass texts as arguments or --file, not both")
     if file is None:
-        lines = list(texts)
-    else:
-        name = "stdin" if file == "-" else file
-        try:
-            data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
-        except FileNotFoundError:
-            raise GPTClassifierError(f"--file {file} not found") from None
-        except OSError as err:
-            raise GPTClassifierError(f"--file {file} is unreadable ({err.strerror})") from None
-        try:
-            content = data.decode("utf-8-sig")
-        except UnicodeDecodeError as err:
+        if not texts:
             raise GPTClassifierError(
-                f"{name} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}): "
-                "save it as UTF-8, one text per line"
-            ) from None
-        lines = [line.removesuffix("\r") for line in content.split("\n")]
+                'no texts given: pass texts as arguments, e.g. "Free entry!", `-` for standard input, '
+                "--file F (one text per line) or --input TABLE --output FILE"
+            )
+        return read_arguments(texts), 0
+    name = "stdin" if file == "-" else file
+    try:
+        data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except FileNotFoundError:
+        raise GPTClassifierError(f"--file {file} not found") from None
+    except OSError as err:
+        raise GPTClassifierError(f"--file {file} is unreadable ({err.strerror})") from None
+    lines = [line.removesuffix("\r") for line in decode_utf8(data, name).split("\n")]
     kept = [line for line in lines if line.strip()]
-    skipped = len(lines) - len(kept) - (file is not None and lines[-1] == "")  # not the final newline
+    skipped = len(lines) - len(kept) - (lines[-1] == "")  # not the final newline
     if not kept:
-        where = f"{name} has no text" if file is not None else "no texts given"
-        raise GPTClassifierError(f'{where}: pass texts as arguments, e.g. "Free entry!", or --file F')
+        raise GPTClassifierError(f"{name} has no text: put one text per line")
     return kept, skipped
 
 
@@ -84,7 +108,12 @@ def parse_args(argv: Sequence[str] | None) -> object:
     parser.add_argument(
         "model", metavar="MODEL", help="a .ckpt written by train.py, or an .onnx from export.py"
     )
-    parser.add_argument("texts", metavar="TEXT", nargs="*", help="texts to classify (quote each one)")
+    parser.add_argument(
+        "texts",
+        metavar="TEXT",
+        nargs="*",
+        help="texts to classify (quote each one); `-` reads stdin as one text",
+    )
     parser.add_argument(
         "--file", metavar="F", help="read one text per line from F (`-`: stdin); blank lines skipped"
     )
@@ -106,18 +135,80 @@ def parse_args(argv: Sequence[str] | None) -> object:
         type=positive(int, "positive integer"),
         help="truncate texts to this many tokens (default: the length the model was trained with)",
     )
+    add_table_arguments(parser)
     return parser.parse_intermixed_args(argv)
 
 
+def add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--input TABLE --output FILE` and how the table is read (as training reads its own data)."""
+    table = parser.add_argument_group(
+        "score a table (--input TABLE --output FILE)",
+        "Every input column is kept; label, probability and probability_<class> are added. Streamed in "
+        "chunks; a rerun after a kill resumes from <output>.parts/. --file is for one text per line.",
+    )
+    table.add_argument("--input", metavar="TABLE", help="a .csv, .tsv, .jsonl or .parquet file to score")
+    table.add_argument("--output", metavar="FILE", help="where to write: .csv, .tsv, .jsonl or .parquet")
+    table.add_argument(
+        "--text-column", default="text", help="the column with the texts (text); a number with --no-header"
+    )
+    table.add_argument("--no-header", action="store_true", help="CSV/TSV: the first row is data")
+    table.add_argument("--encoding", default="utf-8", help="CSV/TSV/JSONL text encoding (utf-8)")
+    table.add_argument(
+        "--chunk-rows",
+        type=positive(int, "positive integer"),
+        default=1000,
+        help="rows per chunk: memory holds one; a kill loses at most one (1000)",
+    )
+    table.add_argument(
+        "--on-bad-row",
+        choices=("skip", "keep", "fail"),
+        default="skip",
+        help="a row without text or unparseable: report and skip it, keep it with an error column, "
+        "or stop (skip)",
+    )
+    table.add_argument("--column-prefix", default="", help="before each added column's name, e.g. predicted_")
+
+
 def cli(argv: Sequence[str] | None = None) -> None:
-    """`predict.py`: print one line per text (TSV or JSON), in input order."""
+    """`predict.py`: print one line per text (TSV or JSON) in input order, or score a table into a file."""
     args = parse_args(argv)
+    if args.input is not None or args.output is not None:
+        score_table(args)
+        return
     texts, skipped = read_texts(args.texts, args.file)
     if skipped:
         print(f"skipped {skipped} empty line{'s' * (skipped != 1)}", file=sys.stderr)
     predictor = load_predictor(args.model, args.device)
+    if args.threshold is not None:  # imported only then: scoring tables needs pandas, texts do not
+        from gpt_classifier.deploy.scoring import check_threshold
+
+        check_threshold(predictor.class_names, args.threshold)
     predictions = predictor.predict(texts, args.batch_size, args.threshold, args.max_length)
     print("\n".join(map(json_line if args.json else tsv_line, predictions)), flush=True)
+
+
+def score_table(args: argparse.Namespace) -> None:
+    """`--input TABLE --output FILE`: the table with predictions, and a summary line on stderr."""
+    from gpt_classifier.deploy.scoring import FileOptions, ScoringOptions, score_file
+
+    if args.input is None or args.output is None:
+        raise GPTClassifierError("--input TABLE and --output FILE go together: pass both")
+    if args.texts or args.file is not None or args.json:
+        raise GPTClassifierError(
+            "--input scores a table into --output: leave out TEXT, --file and --json (its extension "
+            "chooses the output format)"
+        )
+    text_column: str | int = args.text_column
+    if args.no_header:
+        if not args.text_column.isdigit():
+            raise GPTClassifierError("--no-header: pass --text-column as a column number (0 is the first)")
+        text_column = int(args.text_column)
+    options = ScoringOptions(
+        text_column, args.batch_size, args.threshold, args.max_length, args.column_prefix
+    )
+    file_options = FileOptions(args.chunk_rows, not args.no_header, args.encoding, args.on_bad_row)
+    summary = score_file(args.model, args.input, args.output, options, file_options, args.device)
+    print(summary.line(Path(args.output), args.on_bad_row), file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,8 @@ FORMATS = {
     ".json": "jsonl",
     ".parquet": "parquet",
 }
+# How CSV and TSV cells are read, for training and for scoring: as text, only an empty cell is missing.
+CSV_READ_OPTIONS = {"keep_default_na": False, "na_values": [""], "dtype": str}
 
 
 def _rows(mask: pd.Series, header: bool) -> str:
@@ -76,9 +78,7 @@ def _load_frame(path: Path, *, header: bool) -> pd.DataFrame:
                 sep="," if kind == "csv" else "\t",
                 header=0 if header else None,
                 encoding="utf-8",
-                keep_default_na=False,
-                na_values=[""],
-                dtype=str,
+                **CSV_READ_OPTIONS,
             )
         if kind == "jsonl":
             return pd.read_json(path, lines=True, encoding="utf-8", dtype=False)
