@@ -156,11 +156,21 @@ def test_serve_workers_share_the_port(model_dir, expected, tmp_path):
         assert status == 200, answer
         assert_close([list(p["probabilities"].values()) for p in answer["predictions"]], expected)
     finally:
-        assert server.stop() == 0
-    for pid in pids:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+        exit_status = server.stop()
+        left_running = [pid for pid in pids if still_running(pid)]
+        for pid in left_running:
+            os.kill(pid, signal.SIGKILL)
+    assert exit_status == 0
+    assert not left_running, f"workers {left_running} outlived the supervisor; log:\n{server.log()}"
     assert MARKER not in server.log()
+
+
+def still_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_checkpoint_without_torch_is_one_line(tmp_path):

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
     workers = f" with {args.workers} workers" if args.workers > 1 else ""
-    print(f"Serving {args.checkpoint} ({', '.join(predictor.class_names)}) on {url}{workers}", flush=True)
+    print(f"Serving {args.checkpoint} ({', '.join(predictor.class_names)}){workers} on {url}", flush=True)
     if args.workers > 1:
         del predictor  # it proved the model loads; each worker loads its own
         run_workers(args, limits, sock)

@@ -148,8 +148,8 @@ def load_predictor(path: str | Path, device: str = "cpu", threads: int | None = 
         from gpt_classifier.deploy import torch_backend
     except ImportError as err:
         raise GPTClassifierError(
-            f"{path} is a checkpoint and {err.name} is not installed: a .ckpt needs torch "
-            "(pip install -e .); without torch, predict and serve an exported .onnx"
+            f"{path} is a checkpoint and {err.name} is not installed: a .ckpt needs the train extra "
+            "(pip install -e '.[train]'); without torch, predict and serve an exported .onnx"
         ) from None
     picked = torch_backend.pick_device(device)
     return Predictor(torch_backend.load_torch_classifier(path, picked, threads), picked)
