@@ -17,7 +17,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,9 @@ class TorchFreeServer:
         found = re.search(r"http://127\.0\.0\.1:(\d+)", line)
         assert found, f"no address in {line!r}; log:\n{self.log()}"
         self.port = int(found.group(1))
+        # uvicorn's access log goes to stdout: read it all, or a full pipe would block the server
+        self.output: list[str] = []
+        threading.Thread(target=self.output.extend, args=(self.proc.stdout,), daemon=True).start()
 
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -100,7 +105,6 @@ class TorchFreeServer:
             return self.proc.wait(timeout=60)
         finally:
             self.proc.kill()
-            self.proc.stdout.close()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -142,19 +146,34 @@ def test_serve_needs_no_torch(model_dir, expected, tmp_path):
     assert MARKER not in server.log()
 
 
+def answering_pids(
+    server: TorchFreeServer, enough: Callable[[set[int]], bool], timeout: float = 120
+) -> set[int]:
+    """The worker pids that answer `/health` (each request a new connection) until `enough` of them."""
+    pids: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while not enough(pids) and time.monotonic() < deadline:
+        pids.add(server.wait_healthy()["pid"])
+        time.sleep(0.02)
+    return pids
+
+
 def test_serve_workers_share_the_port(model_dir, expected, tmp_path):
-    """`--workers 2`: two processes answer on one port, each with its model; SIGTERM ends them all."""
+    """`--workers 2`: two processes answer on one port, each with its model; one that dies is
+    replaced with the same settings; SIGTERM ends them all."""
     server = TorchFreeServer(model_dir / "model.onnx", tmp_path / "workers.log", "--workers", "2")
     pids: set[int] = set()
     try:
-        deadline = time.monotonic() + 120
-        while len(pids) < 2 and time.monotonic() < deadline:
-            pids.add(server.wait_healthy()["pid"])  # each request is a new connection: any worker
+        pids = answering_pids(server, lambda seen: len(seen) == 2)
         assert len(pids) == 2, f"only worker {pids} answered; log:\n{server.log()}"
         assert server.proc.pid not in pids  # the supervisor only supervises
         status, answer = server.request("POST", "/predict", {"texts": expected["texts"]})
         assert status == 200, answer
         assert_close([list(p["probabilities"].values()) for p in answer["predictions"]], expected)
+        os.kill(min(pids), signal.SIGKILL)
+        replacement = answering_pids(server, lambda seen: bool(seen - pids)) - pids
+        assert replacement, f"no worker replaced {min(pids)}; log:\n{server.log()}"
+        pids |= replacement
     finally:
         exit_status = server.stop()
         left_running = [pid for pid in pids if still_running(pid)]
