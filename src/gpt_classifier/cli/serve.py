@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add(
         "--workers",
+        metavar="N",
         type=positive_int,
         default=1,
         help="server processes on the one port, each with its own model and cores // N threads "
