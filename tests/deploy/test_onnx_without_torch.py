@@ -269,3 +269,19 @@ def test_numpy_padding_is_trainings_padding():
     tensors = pad_batch(rows, 50256, width=5)
     np.testing.assert_array_equal(tensors[0].numpy(), wide)
     np.testing.assert_array_equal(tensors[1].numpy(), [3, 1, 2])
+
+
+def test_threads_per_worker_split_the_cores(monkeypatch):
+    """`cores // N` threads per worker, at least one, from the cores this process may run on."""
+    from gpt_classifier.deploy import workers
+
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert [workers.threads_per_worker(n) for n in (1, 2, 3, 15, 16, 17, 64)] == [16, 8, 5, 1, 1, 1, 1]
+
+
+def test_worker_threads_reach_onnx_runtime(model_dir):
+    """A worker's share of the cores becomes ONNX Runtime's intra-op threads."""
+    from gpt_classifier.deploy.predictor import load_predictor
+
+    session = load_predictor(model_dir / "model.onnx", "cpu", threads=3).classifier.session
+    assert session.get_session_options().intra_op_num_threads == 3
