@@ -285,3 +285,23 @@ def test_worker_threads_reach_onnx_runtime(model_dir):
 
     session = load_predictor(model_dir / "model.onnx", "cpu", threads=3).classifier.session
     assert session.get_session_options().intra_op_num_threads == 3
+
+
+@pytest.mark.skipif(not TORCH_INSTALLED, reason="the torch path")
+def test_worker_threads_reach_torch(tmp_path):
+    """A worker's share of the cores becomes torch's intra-op threads, for a `.ckpt`."""
+    import torch
+    from helpers import TINY_MODEL
+
+    from gpt_classifier.deploy.predictor import load_predictor
+    from gpt_classifier.training.lightning_module import GPTClassifier
+
+    module = GPTClassifier(TINY_MODEL, ["not spam", "spam"], data={"max_length": 8})
+    path = tmp_path / "tiny.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    threads = torch.get_num_threads()
+    try:
+        load_predictor(path, "cpu", threads=threads + 1)
+        assert torch.get_num_threads() == threads + 1
+    finally:
+        torch.set_num_threads(threads)
