@@ -46,7 +46,11 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
 
 def usable_cpus(root: Path = CGROUP_ROOT, affinity: set[int] | None = None) -> int:
     """CPUs this process may run on: its affinity, capped by the cgroup quota (at least 1)."""
-    cpus = len(os.sched_getaffinity(0) if affinity is None else affinity) or 1
+    if affinity is None:
+        affinity = (
+            os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        )
+    cpus = len(affinity) or 1
     quota = cgroup_cpu_limit(root)
     if quota is not None:
         cpus = min(cpus, max(1, math.floor(quota)))
@@ -86,23 +90,31 @@ def automatic_threads(usable: int, busy: float) -> int:
     return max(1, usable - math.floor(busy + 0.5))
 
 
-def apply_threads(threads: int | None = None, root: Path = CGROUP_ROOT) -> int:
-    """Set torch's intra-op threads and return the number in force.
+def choose_threads(threads: int | None = None, root: Path = CGROUP_ROOT) -> tuple[int | None, str]:
+    """The number of threads to set (None: leave the library's own default) and why.
 
-    `threads`: None = automatic (unless `OMP_NUM_THREADS` is set: then torch's reading of it stands),
-    0 = torch's own default, N = exactly N.
+    `threads`: None = automatic (unless `OMP_NUM_THREADS` is set: then the libraries read it),
+    0 = the library's own default, N = exactly N.
     """
+    if threads == 0:
+        return None, "the library's default"
+    if threads is not None:
+        return threads, "set"
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None, "OMP_NUM_THREADS"
+    affinity = (
+        os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    )
+    usable, busy = usable_cpus(root, affinity), busy_cpus(affinity)
+    return automatic_threads(usable, busy), f"{usable} usable CPUs, {busy:.1f} busy with other work"
+
+
+def apply_threads(threads: int | None = None, root: Path = CGROUP_ROOT) -> int:
+    """Set torch's intra-op threads as `choose_threads` says and return the number in force."""
     import torch
 
-    reason = "torch's default" if threads == 0 else "set"
-    if threads is None and os.environ.get("OMP_NUM_THREADS"):
-        reason = "OMP_NUM_THREADS"
-    elif threads is None:
-        affinity = os.sched_getaffinity(0)
-        usable, busy = usable_cpus(root, affinity), busy_cpus(affinity)
-        threads = automatic_threads(usable, busy)
-        reason = f"{usable} usable CPUs, {busy:.1f} busy with other work"
-    if threads:
-        torch.set_num_threads(threads)
+    count, reason = choose_threads(threads, root)
+    if count:
+        torch.set_num_threads(count)
     log.info("CPU threads: %d (%s)", torch.get_num_threads(), reason)
     return torch.get_num_threads()

@@ -47,7 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     module, function, _ = COMMANDS[name]
-    command: Callable[[Sequence[str]], int] = getattr(import_module(module), function)
+    try:
+        command: Callable[[Sequence[str]], int] = getattr(import_module(module), function)
+    except ModuleNotFoundError as err:  # e.g. train without the `train` extra (torch, Lightning, Hydra)
+        print(
+            f"gpt-classifier: error: {name} needs {err.name}, which is not installed: "
+            "pip install 'gpt-classifier[train]'",
+            file=sys.stderr,
+        )
+        return 2
     sys.argv = [f"gpt-classifier {name}", *rest]  # what argparse and Hydra name in usage lines
     return command(rest)
 

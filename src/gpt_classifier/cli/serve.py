@@ -6,11 +6,15 @@ import argparse
 import logging
 import socket
 import sys
+from dataclasses import asdict
+from pathlib import Path
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from gpt_classifier.deploy.predictor import load_predictor
 from gpt_classifier.deploy.server import Limits, create_app
+from gpt_classifier.deploy.workers import WorkerSettings, threads_per_worker
 from gpt_classifier.errors import GPTClassifierError
 
 
@@ -55,6 +59,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=default.max_texts,
         help="most texts in one request; more get 413 (default: %(default)s)",
     )
+    add(
+        "--workers",
+        metavar="N",
+        type=positive_int,
+        default=1,
+        help="server processes on the one port, each with its own model and cores // N threads "
+        "(default: %(default)s)",
+    )
     add("--access-log", action=argparse.BooleanOptionalAction, default=True, help="a log line per request")
     args = parser.parse_args(argv)
     if args.max_wait_ms < 0:
@@ -89,7 +101,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     host, port = sock.getsockname()[:2]
     url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-    print(f"Serving {args.checkpoint} ({', '.join(predictor.class_names)}) on {url}", flush=True)
+    workers = f" with {args.workers} workers" if args.workers > 1 else ""
+    print(f"Serving {args.checkpoint} ({', '.join(predictor.class_names)}){workers} on {url}", flush=True)
+    if args.workers > 1:
+        del predictor  # it proved the model loads; each worker loads its own
+        run_workers(args, limits, sock)
+        return 0
     config = uvicorn.Config(create_app(predictor, limits), access_log=args.access_log, log_level="info")
     uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def run_workers(args: argparse.Namespace, limits: Limits, sock: socket.socket) -> None:
+    """`--workers N`: uvicorn's supervisor runs N processes that share `sock`; each builds the app with
+    `workers.app_from_env` from the settings passed in the environment, with its share of the cores."""
+    WorkerSettings(
+        str(Path(args.checkpoint).resolve()), args.device, threads_per_worker(args.workers), asdict(limits)
+    ).to_environment()
+    config = uvicorn.Config(
+        "gpt_classifier.deploy.workers:app_from_env",
+        factory=True,
+        workers=args.workers,
+        access_log=args.access_log,
+        log_level="info",
+    )
+    Multiprocess(config, sockets=[sock]).run()

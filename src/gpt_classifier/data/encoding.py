@@ -18,14 +18,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from gpt_classifier.data.token_ids import pad_ids
 from gpt_classifier.data.tokenizer import PAD_TOKEN_ID
-
-
-def encode_texts(
-    tokenizer: tiktoken.Encoding, texts: Sequence[str], max_length: int | None = None
-) -> list[list[int]]:
-    """Token ids of each text (special-token strings are plain text), cut to `max_length` if given."""
-    return [ids[:max_length] for ids in tokenizer.encode_ordinary_batch(list(texts))]
 
 
 class TokenArrays(Sequence):
@@ -94,14 +88,9 @@ def encode_corpus(
 def pad_batch(
     token_ids: Sequence[Sequence[int]], pad_token_id: int = PAD_TOKEN_ID, width: int | None = None
 ) -> tuple[Tensor, Tensor]:
-    """`input_ids [B, width or the longest]` padded at the end with `pad_token_id`, and `lengths [B]`.
-
-    Filled in NumPy: the rows may be read-only views (`TokenArrays`), which torch will not wrap."""
-    lengths = [len(ids) for ids in token_ids]
-    input_ids = np.full((len(token_ids), width or max(lengths)), pad_token_id, dtype=np.int64)
-    for row, ids in enumerate(token_ids):
-        input_ids[row, : lengths[row]] = ids
-    return torch.from_numpy(input_ids), torch.tensor(lengths)
+    """`input_ids [B, width or the longest]` padded at the end with `pad_token_id`, and `lengths [B]`."""
+    input_ids, lengths = pad_ids(token_ids, pad_token_id, width)
+    return torch.from_numpy(input_ids), torch.from_numpy(lengths)
 
 
 class EncodedDataset(Dataset):

@@ -2,8 +2,8 @@
 
 The file (see `onnx_export.py`) maps `input_ids` and `attention_mask` (1 for real tokens, padded at
 the end) to `logits`; its metadata carries the rest of `TextClassifier.settings()` (class names,
-max length, padding, reading, decision), one JSON value per key. No torch model is built: torch
-tensors only carry the batches in and out, as `predict_texts` pads them for either backend.
+max length, padding, reading, decision), one JSON value per key. Nothing here imports torch: numpy
+arrays carry the batches in and out, so `pip install gpt-classifier[onnx-serve]` predicts and serves.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-import torch
-from torch import Tensor
 
+from gpt_classifier.deploy.probabilities import decide, softmax
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.model.classifier import decide
 
 # The metadata keys every export writes (`TextClassifier.settings()`); the reading keys are extra.
 REQUIRED_KEYS = ("class_names", "max_length", "context_length", "padding", "pad_token_id")
@@ -71,12 +69,16 @@ class OnnxClassifier:
         self.settings = settings
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> OnnxClassifier:
+    def load(cls, path: str | Path, device: str = "cpu", threads: int | None = None) -> OnnxClassifier:
+        """The model in `path`; `threads` caps ONNX Runtime's intra-op threads (default: every core)."""
         path = Path(path)
         if not path.is_file():
             raise GPTClassifierError(f"model {path} not found")
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
         try:
-            session = ort.InferenceSession(str(path), providers=providers(device))
+            session = ort.InferenceSession(str(path), options, providers=providers(device))
         except GPTClassifierError:
             raise
         except Exception as err:  # onnxruntime raises its own types for foreign or truncated files
@@ -86,12 +88,16 @@ class OnnxClassifier:
             ) from None
         return cls(session, read_metadata(session, path))
 
-    def __call__(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
+    def __call__(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Class logits `[B, classes]` for token ids padded at the end, `lengths` real tokens each."""
-        mask = torch.arange(input_ids.shape[1]) < lengths[:, None]
-        feed = {"input_ids": input_ids.numpy(), "attention_mask": mask.numpy().astype(np.int64)}
-        return torch.from_numpy(self.session.run(["logits"], feed)[0])
+        mask = np.arange(input_ids.shape[1]) < lengths[:, None]
+        feed = {"input_ids": np.asarray(input_ids, dtype=np.int64), "attention_mask": mask.astype(np.int64)}
+        return self.session.run(["logits"], feed)[0]
 
-    def decide(self, probabilities: Tensor, threshold: float | None = None) -> Tensor:
+    def probabilities(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Class probabilities `[B, classes]` (float32), as `predict_texts` asks of every classifier."""
+        return softmax(self(input_ids, lengths))
+
+    def decide(self, probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
         threshold = self.threshold if threshold is None else threshold
         return decide(probabilities, positive_class=self.positive_class, threshold=threshold)

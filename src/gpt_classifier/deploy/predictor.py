@@ -1,25 +1,28 @@
 """Classify new texts: `classify_review` as in the chapter, batched `predict_texts`, `load_predictor`
 (a `.ckpt` in torch or an exported `.onnx` in ONNX Runtime, the same output).
 
-Nothing here imports Lightning, Hydra or matplotlib: `python predict.py CKPT "text"` starts in about
-a second, most of it importing torch.
+Nothing here imports Lightning, Hydra or matplotlib, nor torch: a `.ckpt` brings torch in through
+`torch_backend.py`, an `.onnx` needs only ONNX Runtime, numpy and the tokenizer (the `onnx-serve`
+extra), and `python predict.py model.onnx "text"` starts in a fraction of a second.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import tiktoken
-import torch
-from torch import Tensor, nn
+import numpy as np
 
-from gpt_classifier.cpu_threads import apply_threads
-from gpt_classifier.data.encoding import encode_texts, pad_batch
+from gpt_classifier.cpu_threads import choose_threads
+from gpt_classifier.data.token_ids import encode_texts, pad_ids
 from gpt_classifier.data.tokenizer import get_tokenizer
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.model.checkpoint import load_classifier
+
+if TYPE_CHECKING:
+    import tiktoken
+
+    from gpt_classifier.model.classifier import TextClassifier
 
 
 @dataclass
@@ -30,8 +33,9 @@ class Prediction:
     probabilities: dict[str, float] = field(default_factory=dict)
 
 
-class Classifier(Protocol):
-    """What prediction needs of a classifier: a `TextClassifier` (torch) or an `OnnxClassifier`."""
+class Scorer(Protocol):
+    """What prediction needs of a classifier: an `OnnxClassifier`, or a torch `TextClassifier` seen
+    through `torch_backend.TorchScorer`. Token ids and lengths in, numpy probabilities out."""
 
     class_names: list[str]
     max_length: int | None
@@ -39,16 +43,24 @@ class Classifier(Protocol):
     padding: str
     pad_token_id: int
 
-    def __call__(self, input_ids: Tensor, lengths: Tensor) -> Tensor: ...
-    def decide(self, probabilities: Tensor, threshold: float | None = None) -> Tensor: ...
+    def probabilities(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray: ...
+    def decide(self, probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray: ...
 
 
-@torch.no_grad()
+def as_scorer(classifier: Scorer | TextClassifier, device: Any = "cpu") -> Scorer:
+    """The classifier itself when it computes numpy probabilities (ONNX), else its torch scorer."""
+    if hasattr(classifier, "probabilities"):
+        return classifier  # type: ignore[return-value]
+    from gpt_classifier.deploy.torch_backend import TorchScorer
+
+    return TorchScorer(classifier, device)  # type: ignore[arg-type]
+
+
 def predict_texts(
     texts: list[str],
-    classifier: Classifier,
+    classifier: Scorer | TextClassifier,
     tokenizer: tiktoken.Encoding | None = None,
-    device: str | torch.device = "cpu",
+    device: Any = "cpu",
     max_length: int | None = None,
     batch_size: int = 64,
     threshold: float | None = None,
@@ -60,24 +72,21 @@ def predict_texts(
 
     Texts are truncated to `max_length` (default: the length the classifier was trained with). They
     are padded as in training: to `max_length` when it was trained that way (the book), otherwise
-    only to the longest text of each batch.
+    only to the longest text of each batch. `device` (a torch device) applies to a torch classifier.
     """
-    if isinstance(classifier, nn.Module):
-        classifier.eval().to(device)
+    scorer = as_scorer(classifier, device)
     tokenizer = tokenizer or get_tokenizer()
-    max_length = min(
-        max_length or classifier.max_length or classifier.context_length, classifier.context_length
-    )
-    width = max_length if classifier.padding == "max_length" else None
-    encoded = [ids or [classifier.pad_token_id] for ids in encode_texts(tokenizer, texts, max_length)]
+    max_length = min(max_length or scorer.max_length or scorer.context_length, scorer.context_length)
+    width = max_length if scorer.padding == "max_length" else None
+    encoded = [ids or [scorer.pad_token_id] for ids in encode_texts(tokenizer, texts, max_length)]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     results: list[Prediction | None] = [None] * len(texts)
-    names = classifier.class_names
+    names = scorer.class_names
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        input_ids, lengths = pad_batch([encoded[i] for i in chunk], classifier.pad_token_id, width)
-        probs = classifier(input_ids.to(device), lengths.to(device)).softmax(-1).float().cpu()
-        decided = classifier.decide(probs, threshold).tolist()
+        input_ids, lengths = pad_ids([encoded[i] for i in chunk], scorer.pad_token_id, width)
+        probs = scorer.probabilities(input_ids, lengths)
+        decided = scorer.decide(probs, threshold).tolist()
         for row, i in enumerate(chunk):
             best = decided[row]
             results[i] = Prediction(
@@ -91,32 +100,19 @@ def predict_texts(
 
 def classify_review(
     text: str,
-    model: Classifier,
+    model: Scorer | TextClassifier,
     tokenizer: tiktoken.Encoding,
-    device: str | torch.device,
+    device: Any,
     max_length: int | None = None,
 ) -> str:
     """The chapter's function: the class name of one text ("spam" / "not spam" for SMS)."""
     return predict_texts([text], model, tokenizer, device, max_length)[0].label
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto` (CUDA when there is one), `cpu`, `cuda`, `cuda:1`, `mps`...; one line if unusable."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GPTClassifierError(f"--device {name!r} is unknown: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GPTClassifierError(f"--device {name}: this torch sees no CUDA GPU; use --device cpu")
-    return device
-
-
 class Predictor:
     """Texts in, `Prediction`s out, for a `.ckpt` or an `.onnx` alike: what the CLI and a server use."""
 
-    def __init__(self, classifier: Classifier, device: torch.device | str = "cpu") -> None:
+    def __init__(self, classifier: Scorer | TextClassifier, device: Any = "cpu") -> None:
         self.classifier = classifier
         self.device = device
 
@@ -136,17 +132,25 @@ class Predictor:
         )
 
 
-def load_predictor(path: str | Path, device: str = "cpu") -> Predictor:
+def load_predictor(path: str | Path, device: str = "cpu", threads: int | None = None) -> Predictor:
     """A `Predictor` for a trained checkpoint (`.ckpt`, torch) or an exported model (`.onnx`, ONNX
-    Runtime: no torch model, and `onnxruntime` is imported only then)."""
+    Runtime: torch is never imported, `onnxruntime` only then). `threads` caps the intra-op threads
+    (several server processes share the cores); default: the library's own, every core."""
     if Path(path).suffix.lower() == ".onnx":
         try:
             from gpt_classifier.deploy.onnx_runtime import OnnxClassifier
         except ImportError as err:
             raise GPTClassifierError(
-                f"{path} is an ONNX model and {err.name} is not installed: pip install -e '.[export]'"
+                f"{path} is an ONNX model and {err.name} is not installed: "
+                "pip install -e '.[onnx-serve]' (or '.[export]')"
             ) from None
-        return Predictor(OnnxClassifier.load(path, device))
-    device = pick_device(device)
-    apply_threads()
-    return Predictor(load_classifier(path, map_location=device), device)
+        return Predictor(OnnxClassifier.load(path, device, choose_threads(threads)[0]))
+    try:
+        from gpt_classifier.deploy import torch_backend
+    except ImportError as err:
+        raise GPTClassifierError(
+            f"{path} is a checkpoint and {err.name} is not installed: a .ckpt needs the train extra "
+            "(pip install -e '.[train]'); without torch, predict and serve an exported .onnx"
+        ) from None
+    picked = torch_backend.pick_device(device)
+    return Predictor(torch_backend.load_torch_classifier(path, picked, threads), picked)

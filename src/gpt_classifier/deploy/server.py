@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -117,7 +118,7 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "classes": predictor.class_names, **asdict(limits)}
+        return {"status": "ok", "classes": predictor.class_names, "pid": os.getpid(), **asdict(limits)}
 
     @app.get("/stats")
     async def get_stats() -> dict[str, Any]:
