@@ -44,6 +44,13 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
     return None
 
 
+def process_affinity() -> set[int]:
+    """The CPUs this process may run on (every CPU where the OS does not say: macOS, Windows)."""
+    if hasattr(os, "sched_getaffinity"):
+        return os.sched_getaffinity(0)
+    return set(range(os.cpu_count() or 1))
+
+
 def usable_cpus(root: Path = CGROUP_ROOT, affinity: set[int] | None = None) -> int:
     """CPUs this process may run on: its affinity, capped by the cgroup quota (at least 1)."""
     if affinity is None:
