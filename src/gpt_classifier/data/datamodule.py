@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from gpt_classifier.atomic_files import replace_atomically
 from gpt_classifier.data.encoding import EncodedDataset, PadCollate, TokenArrays, encode_corpus
 from gpt_classifier.data.tokenizer import PAD_TOKEN_ID, get_tokenizer
+from gpt_classifier.data.windows import LongTexts, WindowCollate, WindowedDataset
 from gpt_classifier.errors import GPTClassifierError
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ class TextClassificationDataModule(L.LightningDataModule):
     book), `dynamic` (each batch to its own longest) or `none` (batches of one). Token ids are kept
     as compact arrays (`encoding.TokenArrays`).
     `positive_class`: the class name a decision threshold is about (null: the second of two).
+    `long_texts`: `truncate` (above), `head_tail` (the first `head_tokens` and last `tail_tokens`) or
+    `windows` (every `window_stride` tokens, at most `max_windows`, logits aggregated by
+    `window_aggregate`): see `windows.LongTexts`.
     """
 
     def __init__(
@@ -72,8 +76,24 @@ class TextClassificationDataModule(L.LightningDataModule):
         pad_token_id: int = PAD_TOKEN_ID,
         positive_class: str | None = None,
         truncation_side: Literal["right", "left"] = "right",
+        long_texts: str = "truncate",
+        window_stride: int | None = None,
+        max_windows: int = 8,
+        head_tokens: int | None = None,
+        tail_tokens: int | None = None,
+        window_aggregate: str = "mean",
     ) -> None:
         super().__init__()
+        self.long_texts_settings = {
+            "long_texts": long_texts,
+            "window_stride": window_stride,
+            "max_windows": max_windows,
+            "head_tokens": head_tokens,
+            "tail_tokens": tail_tokens,
+            "window_aggregate": window_aggregate,
+            "truncation_side": truncation_side,
+        }
+        LongTexts.from_settings({**self.long_texts_settings, "head_tokens": None}, context_length)
         if truncation_side not in ("right", "left"):
             raise GPTClassifierError(
                 f"data.truncation_side={truncation_side!r} is unknown: use right (keep the beginning) "
@@ -105,8 +125,9 @@ class TextClassificationDataModule(L.LightningDataModule):
         self.pad_token_id = pad_token_id
         self.positive_class = positive_class  # two classes: the one a decision threshold is about
         self.truncation_side = truncation_side
-        self.datasets: dict[str, EncodedDataset] = {}
+        self.datasets: dict[str, EncodedDataset | WindowedDataset] = {}
         self.max_length: int | None = None
+        self.long_texts: LongTexts | None = None  # with max_length, once known (`setup`)
 
     @property
     def num_classes(self) -> int:
@@ -130,8 +151,13 @@ class TextClassificationDataModule(L.LightningDataModule):
             self.max_length = self.context_length
         else:
             self.max_length = int(self.max_length_option)
+        self.long_texts = LongTexts.from_settings(self.long_texts_settings, self.max_length)
         for split, df in frames.items():
             ids = encoded[split]
+            labels = df[self.label_column].astype(int).tolist()
+            if self.long_texts.mode != "truncate":
+                self.datasets[split] = self.read_long_texts(split, ids, labels)
+                continue
             cut = ids.lengths[ids.lengths > self.max_length]
             if len(cut):
                 log.info(
@@ -143,7 +169,6 @@ class TextClassificationDataModule(L.LightningDataModule):
                     self.max_length,
                     "beginning" if self.truncation_side == "right" else "end",
                 )
-            labels = df[self.label_column].astype(int).tolist()
             self.datasets[split] = EncodedDataset(ids.truncate(self.max_length, self.truncation_side), labels)
         tokens = sum(len(d.token_ids.flat) for d in self.datasets.values())
         log.info(
@@ -153,8 +178,33 @@ class TextClassificationDataModule(L.LightningDataModule):
             time.perf_counter() - started,
         )
 
+    def read_long_texts(
+        self, split: str, ids: TokenArrays, labels: list[int]
+    ) -> EncodedDataset | WindowedDataset:
+        """A split read by `head_tail` (one sequence a text) or `windows` (several), logged."""
+        long_texts = self.long_texts
+        assert long_texts is not None
+        longer = int((ids.lengths > self.max_length).sum())
+        if long_texts.mode == "head_tail":
+            head, tail = long_texts.head_tail
+            log.info(
+                "%s: %d of %d texts longer than %d tokens keep their first %d and last %d tokens",
+                *(split, longer, len(ids), self.max_length, head, tail),
+            )
+            return EncodedDataset(TokenArrays.from_lists([long_texts.sequences(t)[0] for t in ids]), labels)
+        dataset = WindowedDataset.from_texts(ids, labels, long_texts)
+        counts = dataset.window_counts
+        log.info(
+            "%s: %d texts read as %d windows of up to %d tokens every %d (at most %d a text, %d texts "
+            "capped; %s of logits per text)",
+            *(split, len(ids), int(counts.sum()), self.max_length, long_texts.window_stride),
+            *(long_texts.max_windows, int((counts == long_texts.max_windows).sum()), long_texts.aggregate),
+        )
+        return dataset
+
     def token_ids(self, split: str) -> TokenArrays:
-        """Every example's token ids, in the split's order (what the frozen-trunk cache is built from)."""
+        """Every example's token ids (with windows: every window's), in the split's order (what the
+        frozen-trunk cache is built from; a windows batch's `index` are rows of it)."""
         return self.datasets[split].token_ids
 
     def read_split(self, split: str) -> pd.DataFrame:
@@ -171,7 +221,18 @@ class TextClassificationDataModule(L.LightningDataModule):
     @property
     def collate(self) -> PadCollate:
         pad_to = self.max_length if self.padding == "max_length" else None
-        return PadCollate(self.pad_token_id, pad_to)
+        windows = self.long_texts is not None and self.long_texts.mode == "windows"
+        return (WindowCollate if windows else PadCollate)(self.pad_token_id, pad_to)
+
+    def data_settings(self) -> dict:
+        """What a model trained on this data needs to read texts as it did (saved in its checkpoint)."""
+        assert self.long_texts is not None, "setup() first"
+        return {
+            "max_length": self.max_length,
+            "padding": self.padding,
+            "pad_token_id": self.pad_token_id,
+            **self.long_texts.settings(),
+        }
 
     def processes(self) -> tuple[int, int]:
         """(rank, number of processes) of the trainer this data module serves; (0, 1) without one."""

@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor
 
+from gpt_classifier.data.windows import LongTexts
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.classifier import decide
 
@@ -68,6 +69,7 @@ class OnnxClassifier:
         self.pad_token_id: int = settings["pad_token_id"]
         self.positive_class: int = settings.get("positive_class", len(self.class_names) - 1)
         self.threshold: float | None = settings.get("threshold")
+        self.long_texts = LongTexts.from_settings(settings, self.max_length or self.context_length)
         self.settings = settings
 
     @classmethod

@@ -7,7 +7,8 @@ a second, most of it importing torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -15,8 +16,9 @@ import tiktoken
 import torch
 from torch import Tensor, nn
 
-from gpt_classifier.data.encoding import encode_texts, pad_batch
+from gpt_classifier.data.encoding import pad_batch
 from gpt_classifier.data.tokenizer import get_tokenizer
+from gpt_classifier.data.windows import LongTexts
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.checkpoint import load_classifier
 
@@ -27,6 +29,7 @@ class Prediction:
     label: str
     probability: float
     probabilities: dict[str, float] = field(default_factory=dict)
+    windows: int = 1  # how many sequences of the text were read (data.long_texts=windows: its windows)
 
 
 class Classifier(Protocol):
@@ -37,9 +40,36 @@ class Classifier(Protocol):
     context_length: int
     padding: str
     pad_token_id: int
+    long_texts: LongTexts
 
     def __call__(self, input_ids: Tensor, lengths: Tensor) -> Tensor: ...
     def decide(self, probabilities: Tensor, threshold: float | None = None) -> Tensor: ...
+
+
+def reading_for(classifier: Classifier, max_length: int | None) -> LongTexts:
+    """How texts are read: as in training, or cut to another `max_length` (at most the context)."""
+    if max_length is None:
+        return classifier.long_texts
+    return replace(classifier.long_texts, max_length=min(max_length, classifier.context_length))
+
+
+def text_logits(
+    sequences: list[list[Sequence[int]]], classifier: Classifier, reading: LongTexts, device, batch_size: int
+) -> Tensor:
+    """Logits `[texts, classes]`: every text's sequences (its windows) run in batches of similar
+    length, padded as in training, then aggregated per text as training did."""
+    rows = [(text, ids or [classifier.pad_token_id]) for text, seqs in enumerate(sequences) for ids in seqs]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][1]))
+    width = reading.max_length if classifier.padding == "max_length" else None
+    row_logits: list[Tensor | None] = [None] * len(rows)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        input_ids, lengths = pad_batch([rows[i][1] for i in chunk], classifier.pad_token_id, width)
+        logits = classifier(input_ids.to(device), lengths.to(device)).float().cpu()
+        for row, i in enumerate(chunk):
+            row_logits[i] = logits[row]
+    text_of = torch.tensor([text for text, _ in rows])
+    return reading.aggregate_logits(torch.stack(row_logits), text_of, len(sequences))  # type: ignore[arg-type]
 
 
 @torch.no_grad()
@@ -57,35 +87,29 @@ def predict_texts(
     The label is the argmax, or for two classes the classifier's decision threshold (`threshold`
     overrides it): the positive class when its probability is >= the threshold.
 
-    Texts are truncated to `max_length` (default: the length the classifier was trained with). They
-    are padded as in training: to `max_length` when it was trained that way (the book), otherwise
-    only to the longest text of each batch.
+    Texts are read as in training (`LongTexts`: cut to `max_length`, head and tail, or windows whose
+    logits are aggregated), tokenizing only what is read; `max_length` overrides the trained length.
+    They are padded as in training: to `max_length` when it was trained that way (the book),
+    otherwise only to the longest sequence of each batch.
     """
     if isinstance(classifier, nn.Module):
         classifier.eval().to(device)
     tokenizer = tokenizer or get_tokenizer()
-    max_length = min(
-        max_length or classifier.max_length or classifier.context_length, classifier.context_length
-    )
-    width = max_length if classifier.padding == "max_length" else None
-    encoded = [ids or [classifier.pad_token_id] for ids in encode_texts(tokenizer, texts, max_length)]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    results: list[Prediction | None] = [None] * len(texts)
+    reading = reading_for(classifier, max_length)
+    sequences = [reading.encode(tokenizer, text) for text in texts]
+    probs = text_logits(sequences, classifier, reading, device, batch_size).softmax(-1)
+    decided = classifier.decide(probs, threshold).tolist()
     names = classifier.class_names
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        input_ids, lengths = pad_batch([encoded[i] for i in chunk], classifier.pad_token_id, width)
-        probs = classifier(input_ids.to(device), lengths.to(device)).softmax(-1).float().cpu()
-        decided = classifier.decide(probs, threshold).tolist()
-        for row, i in enumerate(chunk):
-            best = decided[row]
-            results[i] = Prediction(
-                texts[i],
-                names[best],
-                float(probs[row, best]),
-                dict(zip(names, probs[row].tolist(), strict=True)),
-            )
-    return results  # type: ignore[return-value]
+    return [
+        Prediction(
+            text,
+            names[best],
+            float(probs[row, best]),
+            dict(zip(names, probs[row].tolist(), strict=True)),
+            windows=len(sequences[row]),
+        )
+        for row, (text, best) in enumerate(zip(texts, decided, strict=True))
+    ]
 
 
 def classify_review(

@@ -132,7 +132,12 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
             raise HTTPException(500, f"prediction failed: {type(err).__name__}: {err}") from None
         return {
             "predictions": [
-                {"label": p.label, "probability": p.probability, "probabilities": p.probabilities}
+                {
+                    "label": p.label,
+                    "probability": p.probability,
+                    "probabilities": p.probabilities,
+                    "windows": p.windows,
+                }
                 for p in predictions
             ]
         }

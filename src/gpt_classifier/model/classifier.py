@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from gpt_classifier.data.tokenizer import PAD_TOKEN_ID
+from gpt_classifier.data.windows import LongTexts
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.finetune import apply_policy
 from gpt_classifier.model.gpt import GPTModel, Packing
@@ -103,8 +104,11 @@ class TextClassifier(nn.Module):
         read_positions_only: bool = True,
         positive_class: int | None = None,
         threshold: float | None = None,
+        long_texts: LongTexts | None = None,
     ) -> None:
         super().__init__()
+        # How a text longer than max_length is read (truncated, head and tail, or windows aggregated).
+        self.long_texts = long_texts or LongTexts(max_length=max_length or model.cfg.context_length)
         self.model = model
         self.class_names = list(class_names)
         self.reading = reading
@@ -143,6 +147,7 @@ class TextClassifier(nn.Module):
             **asdict(self.reading),
             "positive_class": self.positive_class,
             "threshold": self.threshold,
+            **self.long_texts.settings(),
         }
 
     def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
@@ -204,6 +209,7 @@ def build_classifier(
         lora_scaling=finetune.get("lora_scaling", "alpha"),
     )
     padding = data.get("padding", "max_length")
+    max_length = data.get("max_length")
     reading = Reading.for_padding(
         padding,
         position=classifier.get("position", "last"),
@@ -214,8 +220,9 @@ def build_classifier(
         backbone,
         class_names,
         reading,
-        max_length=data.get("max_length"),
+        max_length=max_length,
         padding=padding,
         pad_token_id=data.get("pad_token_id", PAD_TOKEN_ID),
         read_positions_only=classifier.get("read_positions_only", True),
+        long_texts=LongTexts.from_settings(data, max_length or backbone.cfg.context_length),
     )

@@ -142,6 +142,15 @@ class GPTClassifier(L.LightningModule):
         return self.classifier(input_ids, lengths)
 
     def _logits(self, batch: dict[str, Tensor], split: str) -> Tensor:
+        """One row of logits per text: with windows, the aggregate of its windows' logits, so that the
+        loss, the metrics and the threshold are per text (a window without the evidence is not taught
+        the text's label)."""
+        logits = self._row_logits(batch, split)
+        if "text_of" not in batch:
+            return logits
+        return self.classifier.long_texts.aggregate_logits(logits, batch["text_of"], len(batch["labels"]))
+
+    def _row_logits(self, batch: dict[str, Tensor], split: str) -> Tensor:
         if self.cache is None:
             return self(batch["input_ids"], batch["lengths"])
         # Built at the split's first batch; each DDP process keeps all of it.

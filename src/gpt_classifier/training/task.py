@@ -29,6 +29,11 @@ from gpt_classifier.training.tracking import log_artifacts
 
 log = logging.getLogger(__name__)
 
+# How the evaluated checkpoint read long texts: evaluation reads them the same way.
+LONG_TEXT_KEYS = (
+    *("long_texts", "window_stride", "max_windows"),
+    *("head_tokens", "tail_tokens", "window_aggregate"),
+)
 METRIC_KEYS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss")
 
 
@@ -83,11 +88,7 @@ def make_module(cfg: DictConfig, datamodule: TextClassificationDataModule) -> GP
         class_names=datamodule.class_names,
         finetune=OmegaConf.to_container(cfg.finetune, resolve=True),
         classifier=OmegaConf.to_container(cfg.classifier, resolve=True),
-        data={
-            "max_length": datamodule.max_length,
-            "padding": datamodule.padding,
-            "pad_token_id": datamodule.pad_token_id,
-        },
+        data=datamodule.data_settings(),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(scheduler) if scheduler else None,
         compile_blocks=bool(cfg.get("compile")),
@@ -112,7 +113,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     else:  # evaluate a checkpoint: its own model and data settings, not the command line's
         settings = classifier_settings(read_hyper_parameters(cfg.ckpt_path))
         data = settings["data"] or {}
-        datamodule = make_datamodule(cfg, max_length=data.get("max_length"), padding=data.get("padding"))
+        read_as_trained = {key: data[key] for key in LONG_TEXT_KEYS if key in data}
+        datamodule = make_datamodule(
+            cfg, max_length=data.get("max_length"), padding=data.get("padding"), **read_as_trained
+        )
         module = GPTClassifier(**{**settings, "model": {**settings["model"], "weights": "random"}})
     trainer = make_trainer(cfg)
 
