@@ -29,7 +29,7 @@ class Prediction:
     label: str
     probability: float
     probabilities: dict[str, float] = field(default_factory=dict)
-    windows: int = 1  # how many sequences of the text were read (data.long_texts=windows: its windows)
+    windows: int | None = None  # with data.long_texts=windows: how many windows of the text were read
 
 
 class Classifier(Protocol):
@@ -106,7 +106,7 @@ def predict_texts(
             names[best],
             float(probs[row, best]),
             dict(zip(names, probs[row].tolist(), strict=True)),
-            windows=len(sequences[row]),
+            windows=len(sequences[row]) if reading.mode == "windows" else None,
         )
         for row, (text, best) in enumerate(zip(texts, decided, strict=True))
     ]
