@@ -26,7 +26,13 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from gpt_classifier.atomic_files import replace_atomically
-from gpt_classifier.data.encoding import EncodedDataset, PadCollate, TokenArrays, encode_corpus
+from gpt_classifier.data.encoding import (
+    EncodedDataset,
+    PadCollate,
+    TokenArrays,
+    decode_labels,
+    encode_corpus,
+)
 from gpt_classifier.data.tokenizer import PAD_TOKEN_ID, get_tokenizer
 from gpt_classifier.data.windows import LongTexts, WindowCollate, WindowedDataset
 from gpt_classifier.errors import GPTClassifierError
@@ -82,8 +88,16 @@ class TextClassificationDataModule(L.LightningDataModule):
         head_tokens: int | None = None,
         tail_tokens: int | None = None,
         window_aggregate: str = "mean",
+        multi_label: bool = False,
+        label_separator: str | None = None,
+        label_columns: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        if label_columns:  # `multilabel.MultiLabelDataModule` reads them; other data has its own labels
+            raise GPTClassifierError(
+                "data.label_columns reads your own file: use data=csv data.path=<file> (or drop it)"
+            )
+        self.multi_label = bool(multi_label)  # labels: a 0/1 row per text (`encoding.decode_labels`)
         self.long_texts_settings = {
             "long_texts": long_texts,
             "window_stride": window_stride,
@@ -154,7 +168,11 @@ class TextClassificationDataModule(L.LightningDataModule):
         self.long_texts = LongTexts.from_settings(self.long_texts_settings, self.max_length)
         for split, df in frames.items():
             ids = encoded[split]
-            labels = df[self.label_column].astype(int).tolist()
+            labels = (
+                decode_labels(df[self.label_column].tolist(), self.num_classes)
+                if self.multi_label
+                else df[self.label_column].astype(int).tolist()
+            )
             if self.long_texts.mode != "truncate":
                 self.datasets[split] = self.read_long_texts(split, ids, labels)
                 continue
@@ -232,6 +250,7 @@ class TextClassificationDataModule(L.LightningDataModule):
             "padding": self.padding,
             "pad_token_id": self.pad_token_id,
             **self.long_texts.settings(),
+            "multi_label": self.multi_label,
         }
 
     def processes(self) -> tuple[int, int]:

@@ -89,6 +89,18 @@ def decide(probabilities: Tensor, *, positive_class: int, threshold: float | Non
     return torch.where(positive, positive_class, 1 - positive_class)
 
 
+def decide_labels(probabilities: Tensor, thresholds: list[float] | None) -> Tensor:
+    """Several labels per text: `[B, labels]` true where a label's probability is >= its threshold
+    (0.5 for every label when none were chosen)."""
+    cut = torch.tensor(thresholds or [0.5] * probabilities.shape[-1], dtype=probabilities.dtype)
+    return probabilities >= cut.to(probabilities.device)
+
+
+def to_probabilities(logits: Tensor, *, multi_label: bool) -> Tensor:
+    """Softmax over the classes (one label per text), or a sigmoid per label (several)."""
+    return logits.sigmoid() if multi_label else logits.softmax(-1)
+
+
 class TextClassifier(nn.Module):
     """Token ids in, class logits out; carries what prediction needs to tokenize and pad as in training."""
 
@@ -105,6 +117,8 @@ class TextClassifier(nn.Module):
         positive_class: int | None = None,
         threshold: float | None = None,
         long_texts: LongTexts | None = None,
+        multi_label: bool = False,
+        thresholds: list[float] | None = None,
     ) -> None:
         super().__init__()
         # How a text longer than max_length is read (truncated, head and tail, or windows aggregated).
@@ -120,21 +134,31 @@ class TextClassifier(nn.Module):
         # (None: argmax, the book). Set by training (`decision.*`), saved in checkpoints and exports.
         self.positive_class = positive_class if positive_class is not None else len(self.class_names) - 1
         self.threshold = threshold
+        # Several labels per text: a sigmoid per label, and one threshold per label (None: 0.5 each).
+        self.multi_label = multi_label
+        self.thresholds = thresholds
 
     def decide(self, probabilities: Tensor, threshold: float | None = None) -> Tensor:
         """The predicted class per row of `probabilities` (see `decide`); `threshold` overrides the own."""
+        if self.multi_label:
+            return decide_labels(probabilities, self.thresholds)
         threshold = self.threshold if threshold is None else threshold
         return decide(probabilities, positive_class=self.positive_class, threshold=threshold)
 
-    def decision(self) -> dict[str, int | float | None]:
+    def probabilities(self, logits: Tensor) -> Tensor:
+        return to_probabilities(logits, multi_label=self.multi_label)
+
+    def decision(self) -> dict[str, Any]:
         """The decision settings, as a checkpoint's top-level `decision` holds them."""
-        return {"positive_class": self.positive_class, "threshold": self.threshold}
+        decision: dict[str, Any] = {"positive_class": self.positive_class, "threshold": self.threshold}
+        return {**decision, "thresholds": self.thresholds} if self.multi_label else decision
 
     def set_decision(self, decision: dict[str, Any]) -> None:
         """Take a `decision` (a checkpoint's, or training's `decision.*`): its positive class when it
         names one, and its threshold (None: argmax)."""
         self.positive_class = decision.get("positive_class", self.positive_class)
         self.threshold = decision.get("threshold")
+        self.thresholds = decision.get("thresholds")
 
     def settings(self) -> dict[str, Any]:
         """What using the classifier needs besides its weights (JSON): exports carry it (ONNX, HF)."""
@@ -148,6 +172,8 @@ class TextClassifier(nn.Module):
             "positive_class": self.positive_class,
             "threshold": self.threshold,
             **self.long_texts.settings(),
+            "multi_label": self.multi_label,
+            "thresholds": self.thresholds,
         }
 
     def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
@@ -225,4 +251,5 @@ def build_classifier(
         pad_token_id=data.get("pad_token_id", PAD_TOKEN_ID),
         read_positions_only=classifier.get("read_positions_only", True),
         long_texts=LongTexts.from_settings(data, max_length or backbone.cfg.context_length),
+        multi_label=bool(data.get("multi_label")),
     )

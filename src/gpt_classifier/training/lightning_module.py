@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,11 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import CatMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MultilabelExactMatch,
+)
 
 from gpt_classifier.data.datamodule import SPLITS
 from gpt_classifier.errors import GPTClassifierError
@@ -30,6 +35,7 @@ from gpt_classifier.model.classifier import build_classifier
 from gpt_classifier.model.finetune import count_parameters, first_trainable_block
 from gpt_classifier.training.callbacks import ClearCacheOnFailure
 from gpt_classifier.training.decision import check_settings, choose_threshold, class_weights, scores
+from gpt_classifier.training.multilabel import choose_thresholds, multilabel_report, pos_weight
 from gpt_classifier.training.reports import per_class_report
 from gpt_classifier.training.trunk_cache import TrunkCache
 
@@ -80,8 +86,9 @@ class GPTClassifier(L.LightningModule):
         self.save_hyperparameters({**settings, **hparams, "decision": decision})
         self.classifier = build_classifier(class_names=list(class_names), data=data, **settings)
         self.decision = decision
+        self.multi_label = bool((data or {}).get("multi_label"))  # a sigmoid per label, BCE
         if decision is not None:  # training: the config decides; else the checkpoint (on_load_checkpoint)
-            check_settings(decision, len(class_names))
+            check_settings(decision, 2 if self.multi_label else len(class_names))
             self.classifier.set_decision(decision)
         trainable, total = count_parameters(self.classifier.model)
         log.info(
@@ -105,7 +112,12 @@ class GPTClassifier(L.LightningModule):
         finals = tuple(f"final_{SHORT_NAMES[s]}" for s in SPLITS)
         # Summed over processes (DDP) by torchmetrics; the final evaluation gathers every probability.
         fit = ("fit_train", "fit_val")
-        self.accuracy = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in fit})
+        accuracy = (  # several labels: a text counts when all its labels are right (subset accuracy)
+            partial(MultilabelExactMatch, num_labels=num_classes)
+            if self.multi_label
+            else partial(MulticlassAccuracy, num_classes, average="micro")
+        )
+        self.accuracy = nn.ModuleDict({s: accuracy() for s in fit})
         self.mean_loss = nn.ModuleDict({s: MeanMetric() for s in (*fit, *finals)})
         self.final_probs = nn.ModuleDict({s: CatMetric() for s in finals})
         self.final_labels = nn.ModuleDict({s: CatMetric() for s in finals})
@@ -134,7 +146,11 @@ class GPTClassifier(L.LightningModule):
         setting = self.hparams["loss"].get("class_weights")
         if setting is not None and self.trainer.datamodule is not None:
             labels = self.trainer.datamodule.datasets["train"].labels
-            self.class_weights = class_weights(setting, labels, len(self.class_names))
+            self.class_weights = (
+                pos_weight(setting, torch.tensor(labels), self.class_names)
+                if self.multi_label
+                else class_weights(setting, labels, len(self.class_names))
+            )
             log.info("class weights (%s): %s", ", ".join(self.class_names), self.class_weights.tolist())
 
     def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
@@ -164,19 +180,23 @@ class GPTClassifier(L.LightningModule):
     def _step(self, batch: dict[str, Tensor], split: str, stage: str) -> Tensor:
         logits = self._logits(batch, split)
         weight = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
-        loss = F.cross_entropy(
-            logits,
-            batch["labels"],
-            weight=weight,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-        )
+        if self.multi_label:
+            targets = batch["labels"].to(logits.dtype)
+            loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
+        else:
+            loss = F.cross_entropy(
+                logits,
+                batch["labels"],
+                weight=weight,
+                ignore_index=self.ignore_index,
+                label_smoothing=self.label_smoothing,
+            )
         if stage == "fit_train":  # forward: also the batch's accuracy, logged every step
             self.accuracy[stage](logits, batch["labels"])
         elif stage == "fit_val":
             self.accuracy[stage].update(logits, batch["labels"])
         else:  # final: accuracy once the decision threshold is known
-            self.final_probs[stage].update(logits.detach().float().softmax(-1))
+            self.final_probs[stage].update(self.classifier.probabilities(logits.detach().float()))
             self.final_labels[stage].update(batch["labels"])
         self.mean_loss[stage].update(loss.detach(), len(batch["labels"]))
         return loss
@@ -251,8 +271,12 @@ class GPTClassifier(L.LightningModule):
             stage = f"final_{SHORT_NAMES[split]}"
             if self.mean_loss[stage].update_count:
                 probs = self.final_probs[stage].compute().view(-1, len(self.class_names)).cpu()
-                outputs[split] = (probs, self.final_labels[stage].compute().long().cpu())
+                labels = self.final_labels[stage].compute().long().cpu()
+                outputs[split] = (probs, labels.view(len(probs), -1) if self.multi_label else labels)
                 self.final_metrics[f"{SHORT_NAMES[split]}_loss"] = float(self.mean_loss[stage].compute())
+        if self.multi_label:
+            self.multilabel_test_end(outputs)
+            return
         min_precision = (self.decision or {}).get("min_precision")
         if min_precision is not None and "validation" in outputs:
             self.classifier.threshold = choose_threshold(
@@ -269,6 +293,21 @@ class GPTClassifier(L.LightningModule):
             self.test_scores = scores(
                 probs, labels, self.classifier.positive_class, self.classifier.threshold
             )
+
+    def multilabel_test_end(self, outputs: dict[str, tuple[Tensor, Tensor]]) -> None:
+        """Several labels: thresholds per label on validation (training only), subset accuracy per
+        split, and the test split's per-label report (`multilabel.multilabel_report`)."""
+        if self.decision is not None and "validation" in outputs:
+            probs, labels = outputs["validation"]
+            min_precision = self.decision.get("min_precision")
+            self.classifier.thresholds = choose_thresholds(probs, labels, self.class_names, min_precision)
+        for split, (probs, labels) in outputs.items():
+            report = multilabel_report(probs, labels, self.classifier.decide(probs), self.class_names)
+            self.final_metrics[f"{SHORT_NAMES[split]}_acc"] = report["subset_accuracy"]
+            for key in ("subset_accuracy", "micro_f1", "macro_f1"):
+                self.log(f"final/{SHORT_NAMES[split]}_{key}", report[key])
+            if split == "test":
+                self.test_outputs, self.test_report = outputs["test"], report
 
     def teardown(self, stage: str) -> None:
         if stage == "test" and self.cache is not None:

@@ -22,6 +22,7 @@ from gpt_classifier.model.checkpoint import classifier_settings, read_hyper_para
 from gpt_classifier.training.callbacks import AtomicCheckpointIO, link_or_copy
 from gpt_classifier.training.decision import ARGMAX_THRESHOLD, positive_index
 from gpt_classifier.training.lightning_module import SHORT_NAMES, GPTClassifier
+from gpt_classifier.training.multilabel import plot_per_label
 from gpt_classifier.training.phases import PhaseTimer
 from gpt_classifier.training.reports import close, plot_confusion, plot_curves, plot_history
 from gpt_classifier.training.resume import check_resume
@@ -135,7 +136,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {key: module.final_metrics[key] for key in METRIC_KEYS if cfg.test}
     if not trainer.is_global_zero:
         return metrics
-    if len(module.class_names) == 2:
+    if module.multi_label:  # a threshold per label, chosen on validation
+        thresholds = module.classifier.thresholds
+        if thresholds is not None:
+            metrics["thresholds"] = dict(zip(module.class_names, thresholds, strict=True))
+            if cfg.train and best:
+                save_decision(module, best)
+    elif len(module.class_names) == 2:
         threshold = module.classifier.threshold
         metrics["threshold"] = ARGMAX_THRESHOLD if threshold is None else threshold
         if cfg.train and best and threshold is not None:
@@ -148,8 +155,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         write_json_atomic(
             {**module.test_report, **module.test_scores}, out_dir / "classification_report.json"
         )
-        plots.append(write_confusion_matrix(module, trainer, out_dir))
-        plots += write_curves(module, trainer, out_dir)
+        if module.multi_label:
+            plots.append(write_per_label(module, trainer, out_dir))
+        else:
+            plots.append(write_confusion_matrix(module, trainer, out_dir))
+            plots += write_curves(module, trainer, out_dir)
     files = [out_dir / "metrics.json", out_dir / "classification_report.json", *plots]
     log_artifacts(trainer.loggers, files)
     report(metrics, out_dir, evaluated, plots)
@@ -189,6 +199,16 @@ def write_confusion_matrix(module: GPTClassifier, trainer: L.Trainer, out_dir: P
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure("test/confusion_matrix", figure, trainer.global_step, close=False)
+    close(figure)
+    return path
+
+
+def write_per_label(module: GPTClassifier, trainer: L.Trainer, out_dir: Path) -> Path:
+    """`per_label.png`: several labels per text have no confusion matrix; bars per label instead."""
+    path, figure = plot_per_label(module.test_report, module.class_names, out_dir)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure("test/per_label", figure, trainer.global_step, close=False)
     close(figure)
     return path
 
