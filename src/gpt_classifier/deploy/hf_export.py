@@ -122,7 +122,10 @@ def hf_config(classifier: TextClassifier) -> dict:
         "pad_token_id": classifier.pad_token_id,
         "id2label": {str(i): name for i, name in enumerate(names)},
         "label2id": {name: i for i, name in enumerate(names)},
-        "problem_type": "single_label_classification",
+        # several labels: transformers' pipeline then gives a sigmoid per label, as we do
+        "problem_type": (
+            "multi_label_classification" if classifier.multi_label else "single_label_classification"
+        ),
         "torch_dtype": "float32",
         "gpt_classifier": classifier.settings(),  # the threshold and positive class, for who wants them
     }

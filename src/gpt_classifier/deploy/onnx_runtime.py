@@ -19,7 +19,7 @@ from torch import Tensor
 
 from gpt_classifier.data.windows import LongTexts
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.model.classifier import decide
+from gpt_classifier.model.classifier import decide, decide_labels, to_probabilities
 
 # The metadata keys every export writes (`TextClassifier.settings()`); the reading keys are extra.
 REQUIRED_KEYS = ("class_names", "max_length", "context_length", "padding", "pad_token_id")
@@ -69,6 +69,8 @@ class OnnxClassifier:
         self.pad_token_id: int = settings["pad_token_id"]
         self.positive_class: int = settings.get("positive_class", len(self.class_names) - 1)
         self.threshold: float | None = settings.get("threshold")
+        self.multi_label: bool = bool(settings.get("multi_label"))
+        self.thresholds: list[float] | None = settings.get("thresholds")
         self.long_texts = LongTexts.from_settings(settings, self.max_length or self.context_length)
         self.settings = settings
 
@@ -94,6 +96,12 @@ class OnnxClassifier:
         feed = {"input_ids": input_ids.numpy(), "attention_mask": mask.numpy().astype(np.int64)}
         return torch.from_numpy(self.session.run(["logits"], feed)[0])
 
+    def probabilities(self, logits: Tensor) -> Tensor:
+        return to_probabilities(logits, multi_label=self.multi_label)
+
     def decide(self, probabilities: Tensor, threshold: float | None = None) -> Tensor:
+        if self.multi_label:
+            thresholds = self.thresholds if threshold is None else [threshold] * len(self.class_names)
+            return decide_labels(probabilities, thresholds)
         threshold = self.threshold if threshold is None else threshold
         return decide(probabilities, positive_class=self.positive_class, threshold=threshold)

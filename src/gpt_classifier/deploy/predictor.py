@@ -30,6 +30,7 @@ class Prediction:
     probability: float
     probabilities: dict[str, float] = field(default_factory=dict)
     windows: int | None = None  # with data.long_texts=windows: how many windows of the text were read
+    labels: list[str] | None = None  # several labels per text: those over their thresholds
 
 
 class Classifier(Protocol):
@@ -41,8 +42,10 @@ class Classifier(Protocol):
     padding: str
     pad_token_id: int
     long_texts: LongTexts
+    multi_label: bool
 
     def __call__(self, input_ids: Tensor, lengths: Tensor) -> Tensor: ...
+    def probabilities(self, logits: Tensor) -> Tensor: ...
     def decide(self, probabilities: Tensor, threshold: float | None = None) -> Tensor: ...
 
 
@@ -97,19 +100,35 @@ def predict_texts(
     tokenizer = tokenizer or get_tokenizer()
     reading = reading_for(classifier, max_length)
     sequences = [reading.encode(tokenizer, text) for text in texts]
-    probs = text_logits(sequences, classifier, reading, device, batch_size).softmax(-1)
+    probs = classifier.probabilities(text_logits(sequences, classifier, reading, device, batch_size))
     decided = classifier.decide(probs, threshold).tolist()
     names = classifier.class_names
+    windows = [len(s) if reading.mode == "windows" else None for s in sequences]
+    if classifier.multi_label:
+        return [
+            labelled(text, names, row_probs, chosen, windows[row])
+            for row, (text, row_probs, chosen) in enumerate(zip(texts, probs.tolist(), decided, strict=True))
+        ]
     return [
         Prediction(
             text,
             names[best],
             float(probs[row, best]),
             dict(zip(names, probs[row].tolist(), strict=True)),
-            windows=len(sequences[row]) if reading.mode == "windows" else None,
+            windows=windows[row],
         )
         for row, (text, best) in enumerate(zip(texts, decided, strict=True))
     ]
+
+
+def labelled(
+    text: str, names: list[str], probs: list[float], chosen: list[bool], windows: int | None
+) -> Prediction:
+    """Several labels per text: `labels` over their thresholds (`label` joins them with `|`, empty for
+    none), `probability` the highest label probability."""
+    labels = [name for name, keep in zip(names, chosen, strict=True) if keep]
+    probabilities = dict(zip(names, probs, strict=True))
+    return Prediction(text, "|".join(labels), max(probs), probabilities, windows=windows, labels=labels)
 
 
 def classify_review(

@@ -87,7 +87,11 @@ def parse_texts(body: bytes, max_texts: int) -> list[str]:
 
 def answer(p: Prediction) -> dict[str, Any]:
     """One text's answer; `windows` (how many were read) only for a model that reads windows."""
-    fields = {"label": p.label, "probability": p.probability, "probabilities": p.probabilities}
+
+    if p.labels is not None:  # several labels per text: those chosen, and every label's probability
+        fields: dict[str, Any] = {"labels": p.labels, "probabilities": p.probabilities}
+    else:
+        fields = {"label": p.label, "probability": p.probability, "probabilities": p.probabilities}
     return fields if p.windows is None else {**fields, "windows": p.windows}
 
 

@@ -141,7 +141,8 @@ class TextClassifier(nn.Module):
     def decide(self, probabilities: Tensor, threshold: float | None = None) -> Tensor:
         """The predicted class per row of `probabilities` (see `decide`); `threshold` overrides the own."""
         if self.multi_label:
-            return decide_labels(probabilities, self.thresholds)
+            thresholds = self.thresholds if threshold is None else [threshold] * len(self.class_names)
+            return decide_labels(probabilities, thresholds)
         threshold = self.threshold if threshold is None else threshold
         return decide(probabilities, positive_class=self.positive_class, threshold=threshold)
 
