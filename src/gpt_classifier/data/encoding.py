@@ -22,13 +22,6 @@ from tqdm.auto import tqdm
 from gpt_classifier.data.tokenizer import PAD_TOKEN_ID
 
 
-def encode_texts(
-    tokenizer: tiktoken.Encoding, texts: Sequence[str], max_length: int | None = None
-) -> list[list[int]]:
-    """Token ids of each text (special-token strings are plain text), cut to `max_length` if given."""
-    return [ids[:max_length] for ids in tokenizer.encode_ordinary_batch(list(texts))]
-
-
 class TokenArrays(Sequence):
     """Many texts' token ids as one flat int32 array and offsets: 4 bytes a token where a Python list of
     ints takes ~36, so 50,000 reviews of 300 tokens need 60 MB, not 540. Item i is a read-only view."""
