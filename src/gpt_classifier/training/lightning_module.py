@@ -297,7 +297,10 @@ class GPTClassifier(L.LightningModule):
     def multilabel_test_end(self, outputs: dict[str, tuple[Tensor, Tensor]]) -> None:
         """Several labels: thresholds per label on validation (training only), subset accuracy per
         split, and the test split's per-label report (`multilabel.multilabel_report`)."""
-        if self.decision is not None and "validation" in outputs:
+        fixed = (self.decision or {}).get("threshold")
+        if fixed is not None:  # decision.threshold: the same for every label
+            self.classifier.thresholds = [float(fixed)] * len(self.class_names)
+        elif self.decision is not None and "validation" in outputs:
             probs, labels = outputs["validation"]
             min_precision = self.decision.get("min_precision")
             self.classifier.thresholds = choose_thresholds(probs, labels, self.class_names, min_precision)

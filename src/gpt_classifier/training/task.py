@@ -30,10 +30,10 @@ from gpt_classifier.training.tracking import log_artifacts
 
 log = logging.getLogger(__name__)
 
-# How the evaluated checkpoint read long texts: evaluation reads them the same way.
-LONG_TEXT_KEYS = (
+# How the evaluated checkpoint read texts and labels: evaluation reads them the same way.
+READ_AS_TRAINED_KEYS = (
     *("long_texts", "window_stride", "max_windows"),
-    *("head_tokens", "tail_tokens", "window_aggregate"),
+    *("head_tokens", "tail_tokens", "window_aggregate", "multi_label"),
 )
 METRIC_KEYS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss")
 
@@ -114,7 +114,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     else:  # evaluate a checkpoint: its own model and data settings, not the command line's
         settings = classifier_settings(read_hyper_parameters(cfg.ckpt_path))
         data = settings["data"] or {}
-        read_as_trained = {key: data[key] for key in LONG_TEXT_KEYS if key in data}
+        read_as_trained = {key: data[key] for key in READ_AS_TRAINED_KEYS if key in data}
         datamodule = make_datamodule(
             cfg, max_length=data.get("max_length"), padding=data.get("padding"), **read_as_trained
         )
