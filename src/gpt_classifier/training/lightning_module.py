@@ -35,7 +35,7 @@ from gpt_classifier.model.classifier import build_classifier
 from gpt_classifier.model.finetune import count_parameters, first_trainable_block
 from gpt_classifier.training.callbacks import ClearCacheOnFailure
 from gpt_classifier.training.decision import check_settings, choose_threshold, class_weights, scores
-from gpt_classifier.training.multilabel import choose_thresholds, multilabel_report, pos_weight
+from gpt_classifier.training.multilabel import multilabel_results, pos_weight
 from gpt_classifier.training.reports import per_class_report
 from gpt_classifier.training.trunk_cache import TrunkCache
 
@@ -295,22 +295,14 @@ class GPTClassifier(L.LightningModule):
             )
 
     def multilabel_test_end(self, outputs: dict[str, tuple[Tensor, Tensor]]) -> None:
-        """Several labels: thresholds per label on validation (training only), subset accuracy per
-        split, and the test split's per-label report (`multilabel.multilabel_report`)."""
-        fixed = (self.decision or {}).get("threshold")
-        if fixed is not None:  # decision.threshold: the same for every label
-            self.classifier.thresholds = [float(fixed)] * len(self.class_names)
-        elif self.decision is not None and "validation" in outputs:
-            probs, labels = outputs["validation"]
-            min_precision = self.decision.get("min_precision")
-            self.classifier.thresholds = choose_thresholds(probs, labels, self.class_names, min_precision)
-        for split, (probs, labels) in outputs.items():
-            report = multilabel_report(probs, labels, self.classifier.decide(probs), self.class_names)
+        """Several labels: thresholds (training only), subset accuracy per split, the test report."""
+        reports = multilabel_results(outputs, self.classifier, self.decision)
+        for split, report in reports.items():
             self.final_metrics[f"{SHORT_NAMES[split]}_acc"] = report["subset_accuracy"]
             for key in ("subset_accuracy", "micro_f1", "macro_f1"):
                 self.log(f"final/{SHORT_NAMES[split]}_{key}", report[key])
-            if split == "test":
-                self.test_outputs, self.test_report = outputs["test"], report
+        if "test" in outputs:
+            self.test_outputs, self.test_report = outputs["test"], reports["test"]
 
     def teardown(self, stage: str) -> None:
         if stage == "test" and self.cache is not None:

@@ -17,6 +17,7 @@ from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc, binary_precision_recall_curve
 
 from gpt_classifier.errors import GPTClassifierError
+from gpt_classifier.model.classifier import TextClassifier
 from gpt_classifier.training.decision import pick_threshold
 from gpt_classifier.training.reports import pyplot
 
@@ -106,6 +107,24 @@ def multilabel_report(probs: Tensor, labels: Tensor, decided: Tensor, names: Seq
     report["macro_f1"] = float(f1.mean())
     report["subset_accuracy"] = float((decided == truth).all(1).double().mean())
     return report
+
+
+def multilabel_results(
+    outputs: dict[str, tuple[Tensor, Tensor]], classifier: TextClassifier, decision: dict | None
+) -> dict[str, dict]:
+    """The final evaluation's per-split reports; first the classifier's thresholds when training
+    (`decision` given): `decision.threshold` for every label, else chosen on the validation split."""
+    names = classifier.class_names
+    fixed = (decision or {}).get("threshold")
+    if fixed is not None:
+        classifier.thresholds = [float(fixed)] * len(names)
+    elif decision is not None and "validation" in outputs:
+        probs, labels = outputs["validation"]
+        classifier.thresholds = choose_thresholds(probs, labels, names, decision.get("min_precision"))
+    return {
+        split: multilabel_report(probs, labels, classifier.decide(probs), names)
+        for split, (probs, labels) in outputs.items()
+    }
 
 
 def plot_per_label(report: dict, names: Sequence[str], out_dir: Path) -> tuple[Path, object]:
