@@ -1,5 +1,6 @@
-"""The server and `predict.py` with a multi-label model: `labels` over their thresholds and every
-label's probability, as `predict_texts` gives them (a random-weight checkpoint with set thresholds)."""
+"""The server, its page and `predict.py` with a multi-label model: `labels` over their thresholds and
+every label's probability, as `predict_texts` gives them (a random-weight checkpoint with set
+thresholds); the page in a real browser marks every chosen label."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import pytest
 import torch
 from helpers import PREDICT_PY, TINY_MODEL, finish_cli, start_cli
-from test_serve import Server, post, request
+from test_serve import CHROMIUM, Server, chromium, post, request
 
 from gpt_classifier.deploy.predictor import predict_texts
 from gpt_classifier.model.checkpoint import load_classifier
@@ -55,3 +56,30 @@ def test_server_and_cli_answer_labels_and_probabilities(checkpoint, tmp_path):
         row = json.loads(line)
         assert row["labels"] == want.labels and row["label"] == "|".join(want.labels)
         assert row["probabilities"] == pytest.approx(want.probabilities, abs=1e-4)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install chromium-driver")
+def test_the_page_marks_every_chosen_label(checkpoint):
+    """One text: a bar per label, those over their thresholds marked (`.top`), the verdict lists them."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    want = next(p for p in predict_texts(TEXTS, load_classifier(checkpoint)) if len(p.labels) >= 1)
+    server = Server(checkpoint, "--no-access-log")
+    browser = chromium()
+    try:
+        wait = WebDriverWait(browser, 30)
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        wait.until(lambda b: "billing" in b.find_element(By.ID, "model").text)
+        browser.find_element(By.ID, "texts").send_keys(want.text)
+        browser.find_element(By.ID, "classify").click()
+        verdict = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#result .label"))
+        assert verdict.text == ", ".join(want.labels)
+        bars = browser.find_elements(By.CSS_SELECTOR, "#result li")
+        assert [bar.find_element(By.CSS_SELECTOR, ".name").text for bar in bars] == NAMES
+        names = [bar.find_element(By.CSS_SELECTOR, ".name").text for bar in bars]
+        marked = [name for name, bar in zip(names, bars, strict=True) if "top" in bar.get_attribute("class")]
+        assert marked == want.labels
+    finally:
+        browser.quit()
+        server.stop()
