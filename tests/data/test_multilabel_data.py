@@ -130,3 +130,12 @@ def test_the_cli_says_one_line(tmp_path):
     assert "Traceback" not in output, done
     errors = [line for line in output.splitlines() if "[ERROR]" in line]
     assert len(errors) == 1 and errors[0].endswith("in row 2, 4, 6, 8, 10: remove the extra '|'"), done
+
+
+def test_several_labels_need_your_own_file(tmp_path):
+    from gpt_classifier.data.sms import SpamDataModule
+
+    with pytest.raises(GPTClassifierError, match=r"^data.multi_label=true reads several labels"):
+        SpamDataModule(data_dir=tmp_path, urls=[], multi_label=True)
+    with pytest.raises(GPTClassifierError, match=r"^data.label_columns reads several labels"):
+        SpamDataModule(data_dir=tmp_path, urls=[], label_columns=["a"])

@@ -66,6 +66,8 @@ class TextClassificationDataModule(L.LightningDataModule):
     `window_aggregate`): see `windows.LongTexts`.
     """
 
+    reads_several_labels = False  # `multilabel.MultiLabelDataModule` does
+
     def __init__(
         self,
         data_dir: str | os.PathLike,
@@ -93,9 +95,10 @@ class TextClassificationDataModule(L.LightningDataModule):
         label_columns: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        if label_columns:  # `multilabel.MultiLabelDataModule` reads them; other data has its own labels
+        if label_columns or (multi_label and not self.reads_several_labels):
+            option = "data.label_columns" if label_columns else "data.multi_label=true"
             raise GPTClassifierError(
-                "data.label_columns reads your own file: use data=csv data.path=<file> (or drop it)"
+                f"{option} reads several labels from your own file: use data=csv data.path=<file>"
             )
         self.multi_label = bool(multi_label)  # labels: a 0/1 row per text (`encoding.decode_labels`)
         self.long_texts_settings = {

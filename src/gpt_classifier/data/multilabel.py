@@ -172,6 +172,8 @@ class MultiLabelDataModule(TabularDataModule):
     `label_separator` (one column, e.g. `billing|urgent`) or `label_columns` (one 0/1 column per
     label). The splits' `Label` holds each text's label indices joined by `|`."""
 
+    reads_several_labels = True
+
     def __init__(
         self,
         *args: Any,
