@@ -49,6 +49,12 @@ def cli(argv: Sequence[str] | None = None) -> None:
             f"AutoModelForSequenceClassification.from_pretrained({str(args.out)!r})",
             file=sys.stderr,
         )
+        if classifier.long_texts.mode != "truncate":
+            print(
+                f"note: pipeline() truncates texts; this model reads {classifier.long_texts.mode} "
+                f"(data.long_texts): see {Path(args.out) / 'README.md'}",
+                file=sys.stderr,
+            )
         return
     from gpt_classifier.deploy.onnx_export import export_onnx
 

@@ -75,7 +75,8 @@ def tsv_line(p: Prediction) -> str:
 
 
 def json_line(p: Prediction) -> str:
-    return json.dumps(asdict(p), ensure_ascii=False)
+    fields = {key: value for key, value in asdict(p).items() if value is not None}  # windows: only if read
+    return json.dumps(fields, ensure_ascii=False)
 
 
 def positive(kind: type, name: str):
@@ -133,7 +134,8 @@ def parse_args(argv: Sequence[str] | None) -> object:
     parser.add_argument(
         "--max-length",
         type=positive(int, "positive integer"),
-        help="truncate texts to this many tokens (default: the length the model was trained with)",
+        help="tokens per sequence read: the cut text, or each window with data.long_texts=windows "
+        "(default: the length the model was trained with)",
     )
     add_table_arguments(parser)
     return parser.parse_intermixed_args(argv)

@@ -26,8 +26,16 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from gpt_classifier.atomic_files import replace_atomically
-from gpt_classifier.data.encoding import EncodedDataset, PadCollate, TokenArrays, encode_corpus
+from gpt_classifier.data.encoding import (
+    EncodedDataset,
+    PadCollate,
+    TokenArrays,
+    decode_labels,
+    encode_corpus,
+)
+from gpt_classifier.data.long_texts import LongTexts
 from gpt_classifier.data.tokenizer import PAD_TOKEN_ID, get_tokenizer
+from gpt_classifier.data.windows import WindowCollate, WindowedDataset, long_text_dataset
 from gpt_classifier.errors import GPTClassifierError
 
 log = logging.getLogger(__name__)
@@ -77,7 +85,12 @@ class TextClassificationDataModule(L.LightningDataModule):
     book), `dynamic` (each batch to its own longest) or `none` (batches of one). Token ids are kept
     as compact arrays (`encoding.TokenArrays`).
     `positive_class`: the class name a decision threshold is about (null: the second of two).
+    `long_texts`: `truncate` (above), `head_tail` (the first `head_tokens` and last `tail_tokens`) or
+    `windows` (every `window_stride` tokens, at most `max_windows`, logits aggregated by
+    `window_aggregate`): see `windows.LongTexts`.
     """
+
+    reads_several_labels = False  # `multilabel.MultiLabelDataModule` does
 
     def __init__(
         self,
@@ -95,6 +108,15 @@ class TextClassificationDataModule(L.LightningDataModule):
         pad_token_id: int = PAD_TOKEN_ID,
         positive_class: str | None = None,
         truncation_side: Literal["right", "left"] = "right",
+        long_texts: str = "truncate",
+        window_stride: int | None = None,
+        max_windows: int = 8,
+        head_tokens: int | None = None,
+        tail_tokens: int | None = None,
+        window_aggregate: str = "mean",
+        multi_label: bool = False,
+        label_separator: str | None = None,
+        label_columns: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         check_batching(
@@ -104,6 +126,22 @@ class TextClassificationDataModule(L.LightningDataModule):
             padding=padding,
             truncation_side=truncation_side,
         )
+        if label_columns or (multi_label and not self.reads_several_labels):
+            option = "data.label_columns" if label_columns else "data.multi_label=true"
+            raise GPTClassifierError(
+                f"{option} reads several labels from your own file: use data=csv data.path=<file>"
+            )
+        self.multi_label = bool(multi_label)  # labels: a 0/1 row per text (`encoding.decode_labels`)
+        self.long_texts_settings = {
+            "long_texts": long_texts,
+            "window_stride": window_stride,
+            "max_windows": max_windows,
+            "head_tokens": head_tokens,
+            "tail_tokens": tail_tokens,
+            "window_aggregate": window_aggregate,
+            "truncation_side": truncation_side,
+        }
+        LongTexts.from_settings({**self.long_texts_settings, "head_tokens": None}, context_length)
         self.data_dir = Path(data_dir)
         self.class_names = list(class_names)
         self.text_column = text_column
@@ -118,8 +156,9 @@ class TextClassificationDataModule(L.LightningDataModule):
         self.pad_token_id = pad_token_id
         self.positive_class = positive_class  # two classes: the one a decision threshold is about
         self.truncation_side = truncation_side
-        self.datasets: dict[str, EncodedDataset] = {}
+        self.datasets: dict[str, EncodedDataset | WindowedDataset] = {}
         self.max_length: int | None = None
+        self.long_texts: LongTexts | None = None  # with max_length, once known (`setup`)
 
     @property
     def num_classes(self) -> int:
@@ -143,8 +182,17 @@ class TextClassificationDataModule(L.LightningDataModule):
             self.max_length = self.context_length
         else:
             self.max_length = int(self.max_length_option)
+        self.long_texts = LongTexts.from_settings(self.long_texts_settings, self.max_length)
         for split, df in frames.items():
             ids = encoded[split]
+            labels = (
+                decode_labels(df[self.label_column].tolist(), self.num_classes)
+                if self.multi_label
+                else df[self.label_column].astype(int).tolist()
+            )
+            if self.long_texts.mode != "truncate":
+                self.datasets[split] = long_text_dataset(split, ids, labels, self.long_texts)
+                continue
             cut = ids.lengths[ids.lengths > self.max_length]
             if len(cut):
                 log.info(
@@ -156,7 +204,6 @@ class TextClassificationDataModule(L.LightningDataModule):
                     self.max_length,
                     "beginning" if self.truncation_side == "right" else "end",
                 )
-            labels = df[self.label_column].astype(int).tolist()
             self.datasets[split] = EncodedDataset(ids.truncate(self.max_length, self.truncation_side), labels)
         tokens = sum(len(d.token_ids.flat) for d in self.datasets.values())
         log.info(
@@ -167,7 +214,8 @@ class TextClassificationDataModule(L.LightningDataModule):
         )
 
     def token_ids(self, split: str) -> TokenArrays:
-        """Every example's token ids, in the split's order (what the frozen-trunk cache is built from)."""
+        """Every example's token ids (with windows: every window's), in the split's order (what the
+        frozen-trunk cache is built from; a windows batch's `index` are rows of it)."""
         return self.datasets[split].token_ids
 
     def read_split(self, split: str) -> pd.DataFrame:
@@ -184,7 +232,19 @@ class TextClassificationDataModule(L.LightningDataModule):
     @property
     def collate(self) -> PadCollate:
         pad_to = self.max_length if self.padding == "max_length" else None
-        return PadCollate(self.pad_token_id, pad_to)
+        windows = self.long_texts is not None and self.long_texts.mode == "windows"
+        return (WindowCollate if windows else PadCollate)(self.pad_token_id, pad_to)
+
+    def data_settings(self) -> dict:
+        """What a model trained on this data needs to read texts as it did (saved in its checkpoint)."""
+        assert self.long_texts is not None, "setup() first"
+        return {
+            "max_length": self.max_length,
+            "padding": self.padding,
+            "pad_token_id": self.pad_token_id,
+            **self.long_texts.settings(),
+            "multi_label": self.multi_label,
+        }
 
     def processes(self) -> tuple[int, int]:
         """(rank, number of processes) of the trainer this data module serves; (0, 1) without one."""

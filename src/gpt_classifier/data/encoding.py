@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import tiktoken
 import torch
 from torch import Tensor
@@ -126,3 +127,21 @@ class PadCollate:
             "labels": torch.tensor([item["label"] for item in items]),
             "index": torch.tensor([item["index"] for item in items]),
         }
+
+
+def encode_labels(label_lists: Sequence[Sequence[str]], names: Sequence[str]) -> list[str]:
+    """Each text's labels as their indices joined by `|` (empty: no label), as the split files store them."""
+    index = {name: i for i, name in enumerate(names)}
+    return ["|".join(str(index[label]) for label in labels) for labels in label_lists]
+
+
+def decode_labels(cells: Sequence[object], num_labels: int) -> list[list[float]]:
+    """The split files' `|`-joined indices as multi-hot rows of `num_labels` 0/1 floats."""
+    rows = []
+    for cell in cells:
+        row = [0.0] * num_labels
+        text = "" if pd.isna(cell) else str(cell)
+        for index in filter(None, text.split("|")):
+            row[int(float(index))] = 1.0
+        rows.append(row)
+    return rows

@@ -1,4 +1,4 @@
-"""Texts to token ids to padded id arrays, in numpy only: what prediction needs, so that an exported
+"""Token ids to padded id arrays, in numpy only: what prediction needs, so that an exported
 `.onnx` predicts and serves without torch (training's torch batches, `encoding.pad_batch`, build on it).
 """
 
@@ -7,16 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import tiktoken
 
 from gpt_classifier.data.tokenizer import PAD_TOKEN_ID
-
-
-def encode_texts(
-    tokenizer: tiktoken.Encoding, texts: Sequence[str], max_length: int | None = None
-) -> list[list[int]]:
-    """Token ids of each text (special-token strings are plain text), cut to `max_length` if given."""
-    return [ids[:max_length] for ids in tokenizer.encode_ordinary_batch(list(texts))]
 
 
 def pad_ids(

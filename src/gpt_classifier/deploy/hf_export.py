@@ -122,7 +122,10 @@ def hf_config(classifier: TextClassifier) -> dict:
         "pad_token_id": classifier.pad_token_id,
         "id2label": {str(i): name for i, name in enumerate(names)},
         "label2id": {name: i for i, name in enumerate(names)},
-        "problem_type": "single_label_classification",
+        # several labels: transformers' pipeline then gives a sigmoid per label, as we do
+        "problem_type": (
+            "multi_label_classification" if classifier.multi_label else "single_label_classification"
+        ),
         "torch_dtype": "float32",
         "gpt_classifier": classifier.settings(),  # the threshold and positive class, for who wants them
     }
@@ -151,6 +154,49 @@ def tokenizer_files(classifier: TextClassifier) -> dict[str, dict]:
     }
 
 
+def long_texts_note(classifier: TextClassifier) -> str:
+    """What `pipeline()` does with a text longer than the model read in training, and the way to the
+    answer the checkpoint gives."""
+    long_texts = classifier.long_texts
+    max_length = long_texts.max_length
+    if long_texts.mode == "windows":
+        trained = (
+            f"windows of {max_length} tokens every {long_texts.window_stride} (at most "
+            f"{long_texts.max_windows}, the first ones), the {long_texts.aggregate} of their logits"
+        )
+    elif long_texts.mode == "head_tail":
+        head, tail = long_texts.head_tail
+        trained = f"its first {head} and last {tail} tokens (data.long_texts=head_tail)"
+    else:
+        trained = f"its first {max_length} tokens" if long_texts.truncation_side == "right" else "its end"
+    return (
+        "## Long texts\n\n"
+        f'This model was trained reading a text as {trained}. `pipeline("text-classification", '
+        "truncation=True)` truncates every text to its first `model_max_length` "
+        f"({max_length}) tokens and reads nothing after them (without `truncation=True`, a text "
+        "longer than the context fails). "
+        + (
+            "To get the windowed answer (data.long_texts=windows), classify with the checkpoint or "
+            'its ONNX export: `python predict.py model.ckpt "text"` or `python predict.py model.onnx '
+            '"text"` split the text into the same windows and aggregate their logits; the settings are '
+            "in config.json under `gpt_classifier`.\n"
+            if long_texts.mode != "truncate"
+            else "`python predict.py` reads texts the same way.\n"
+        )
+    )
+
+
+def model_card(classifier: TextClassifier) -> str:
+    """README.md: what the folder holds and how texts must be read to get the checkpoint's answers."""
+    names = ", ".join(classifier.class_names)
+    return (
+        "# gpt-classifier model\n\n"
+        f"A GPT-2 text classifier ({names}) exported by gpt-classifier: "
+        "`AutoModelForSequenceClassification.from_pretrained(folder)` loads it.\n\n"
+        + long_texts_note(classifier)
+    )
+
+
 def export_hf(classifier: TextClassifier, out: str | Path) -> list[Path]:
     """Write the Hugging Face folder `out` (each file atomically); the files written."""
     problem = hf_problem(classifier)
@@ -169,4 +215,6 @@ def export_hf(classifier: TextClassifier, out: str | Path) -> list[Path]:
     for name, content in tokenizer_files(classifier).items():
         write_json_atomic(content, out / name)
         written.append(out / name)
-    return written
+    card = model_card(classifier).encode()
+    replace_atomically(out / "README.md", lambda f: f.write(card))
+    return [*written, out / "README.md"]

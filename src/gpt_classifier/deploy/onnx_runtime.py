@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from gpt_classifier.deploy.probabilities import decide, softmax
+from gpt_classifier.data.long_texts import LongTexts
+from gpt_classifier.deploy.probabilities import Decision
 from gpt_classifier.errors import GPTClassifierError
 
 # The metadata keys every export writes (`TextClassifier.settings()`); the reading keys are extra.
@@ -54,7 +55,7 @@ def providers(device: str) -> list[str]:
     raise GPTClassifierError(f"--device {device!r} is not available for ONNX models: use auto, cpu or cuda")
 
 
-class OnnxClassifier:
+class OnnxClassifier(Decision):
     """Token ids in, class logits out, computed by ONNX Runtime; settings from the file's metadata."""
 
     def __init__(self, session: ort.InferenceSession, settings: dict[str, Any]) -> None:
@@ -66,6 +67,9 @@ class OnnxClassifier:
         self.pad_token_id: int = settings["pad_token_id"]
         self.positive_class: int = settings.get("positive_class", len(self.class_names) - 1)
         self.threshold: float | None = settings.get("threshold")
+        self.multi_label: bool = bool(settings.get("multi_label"))
+        self.thresholds: list[float] | None = settings.get("thresholds")
+        self.long_texts = LongTexts.from_settings(settings, self.max_length or self.context_length)
         self.settings = settings
 
     @classmethod
@@ -94,10 +98,6 @@ class OnnxClassifier:
         feed = {"input_ids": np.asarray(input_ids, dtype=np.int64), "attention_mask": mask.astype(np.int64)}
         return self.session.run(["logits"], feed)[0]
 
-    def probabilities(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Class probabilities `[B, classes]` (float32), as `predict_texts` asks of every classifier."""
-        return softmax(self(input_ids, lengths))
-
-    def decide(self, probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        threshold = self.threshold if threshold is None else threshold
-        return decide(probabilities, positive_class=self.positive_class, threshold=threshold)
+    def logits(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """What `predict_texts` asks of every scorer: logits `[B, classes]` as numpy."""
+        return self(input_ids, lengths)

@@ -8,14 +8,16 @@ extra), and `python predict.py model.onnx "text"` starts in a fraction of a seco
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from gpt_classifier.cpu_threads import choose_threads
-from gpt_classifier.data.token_ids import encode_texts, pad_ids
+from gpt_classifier.data.long_texts import LongTexts, aggregate_rows
+from gpt_classifier.data.token_ids import pad_ids
 from gpt_classifier.data.tokenizer import get_tokenizer
 from gpt_classifier.errors import GPTClassifierError
 
@@ -31,29 +33,59 @@ class Prediction:
     label: str
     probability: float
     probabilities: dict[str, float] = field(default_factory=dict)
+    windows: int | None = None  # with data.long_texts=windows: how many windows of the text were read
+    labels: list[str] | None = None  # several labels per text: those over their thresholds
 
 
 class Scorer(Protocol):
     """What prediction needs of a classifier: an `OnnxClassifier`, or a torch `TextClassifier` seen
-    through `torch_backend.TorchScorer`. Token ids and lengths in, numpy probabilities out."""
+    through `torch_backend.TorchScorer`. Token ids and lengths in, numpy logits out."""
 
     class_names: list[str]
     max_length: int | None
     context_length: int
     padding: str
     pad_token_id: int
+    long_texts: LongTexts
+    multi_label: bool
 
-    def probabilities(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray: ...
+    def logits(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray: ...
+    def probabilities(self, logits: np.ndarray) -> np.ndarray: ...
     def decide(self, probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray: ...
 
 
 def as_scorer(classifier: Scorer | TextClassifier, device: Any = "cpu") -> Scorer:
-    """The classifier itself when it computes numpy probabilities (ONNX), else its torch scorer."""
-    if hasattr(classifier, "probabilities"):
+    """The classifier itself when it computes numpy logits (ONNX), else its torch scorer."""
+    if hasattr(classifier, "logits"):
         return classifier  # type: ignore[return-value]
     from gpt_classifier.deploy.torch_backend import TorchScorer
 
     return TorchScorer(classifier, device)  # type: ignore[arg-type]
+
+
+def reading_for(scorer: Scorer, max_length: int | None) -> LongTexts:
+    """How texts are read: as in training, or cut to another `max_length` (at most the context)."""
+    if max_length is None:
+        return scorer.long_texts
+    return replace(scorer.long_texts, max_length=min(max_length, scorer.context_length))
+
+
+def text_logits(
+    sequences: list[list[Sequence[int]]], scorer: Scorer, reading: LongTexts, batch_size: int
+) -> np.ndarray:
+    """Logits `[texts, classes]`: every text's sequences (its windows) run in batches of similar
+    length, padded as in training, then aggregated per text as training did."""
+    rows = [(text, ids or [scorer.pad_token_id]) for text, seqs in enumerate(sequences) for ids in seqs]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][1]))
+    width = reading.max_length if scorer.padding == "max_length" else None
+    row_logits: list[np.ndarray | None] = [None] * len(rows)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        input_ids, lengths = pad_ids([rows[i][1] for i in chunk], scorer.pad_token_id, width)
+        for row, logits in zip(chunk, scorer.logits(input_ids, lengths).astype(np.float32), strict=True):
+            row_logits[row] = logits
+    text_of = np.array([text for text, _ in rows], dtype=np.int64)
+    return aggregate_rows(np.stack(row_logits), text_of, len(sequences), reading.aggregate)  # type: ignore[arg-type]
 
 
 def predict_texts(
@@ -68,34 +100,47 @@ def predict_texts(
     """Label and probabilities per text, in input order; batched by similar length.
 
     The label is the argmax, or for two classes the classifier's decision threshold (`threshold`
-    overrides it): the positive class when its probability is >= the threshold.
+    overrides it): the positive class when its probability is >= the threshold. With several labels
+    per text, the labels whose probabilities reach their thresholds.
 
-    Texts are truncated to `max_length` (default: the length the classifier was trained with). They
-    are padded as in training: to `max_length` when it was trained that way (the book), otherwise
-    only to the longest text of each batch. `device` (a torch device) applies to a torch classifier.
+    Texts are read as in training (`LongTexts`: cut to `max_length`, head and tail, or windows whose
+    logits are aggregated), tokenizing only what is read; `max_length` overrides the trained length.
+    They are padded as in training: to `max_length` when it was trained that way (the book),
+    otherwise only to the longest sequence of each batch. `device` applies to a torch classifier.
     """
     scorer = as_scorer(classifier, device)
     tokenizer = tokenizer or get_tokenizer()
-    max_length = min(max_length or scorer.max_length or scorer.context_length, scorer.context_length)
-    width = max_length if scorer.padding == "max_length" else None
-    encoded = [ids or [scorer.pad_token_id] for ids in encode_texts(tokenizer, texts, max_length)]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-    results: list[Prediction | None] = [None] * len(texts)
+    reading = reading_for(scorer, max_length)
+    sequences = [reading.encode(tokenizer, text) for text in texts]
+    probs = scorer.probabilities(text_logits(sequences, scorer, reading, batch_size))
+    decided = scorer.decide(probs, threshold).tolist()
     names = scorer.class_names
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        input_ids, lengths = pad_ids([encoded[i] for i in chunk], scorer.pad_token_id, width)
-        probs = scorer.probabilities(input_ids, lengths)
-        decided = scorer.decide(probs, threshold).tolist()
-        for row, i in enumerate(chunk):
-            best = decided[row]
-            results[i] = Prediction(
-                texts[i],
-                names[best],
-                float(probs[row, best]),
-                dict(zip(names, probs[row].tolist(), strict=True)),
-            )
-    return results  # type: ignore[return-value]
+    windows = [len(s) if reading.mode == "windows" else None for s in sequences]
+    if scorer.multi_label:
+        return [
+            labelled(text, names, row_probs, chosen, windows[row])
+            for row, (text, row_probs, chosen) in enumerate(zip(texts, probs.tolist(), decided, strict=True))
+        ]
+    return [
+        Prediction(
+            text,
+            names[best],
+            float(probs[row, best]),
+            dict(zip(names, probs[row].tolist(), strict=True)),
+            windows=windows[row],
+        )
+        for row, (text, best) in enumerate(zip(texts, decided, strict=True))
+    ]
+
+
+def labelled(
+    text: str, names: list[str], probs: list[float], chosen: list[bool], windows: int | None
+) -> Prediction:
+    """Several labels per text: `labels` over their thresholds (`label` joins them with `|`, empty for
+    none), `probability` the highest label probability."""
+    labels = [name for name, keep in zip(names, chosen, strict=True) if keep]
+    probabilities = dict(zip(names, probs, strict=True))
+    return Prediction(text, "|".join(labels), max(probs), probabilities, windows=windows, labels=labels)
 
 
 def classify_review(

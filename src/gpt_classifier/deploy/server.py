@@ -86,6 +86,16 @@ def parse_texts(body: bytes, max_texts: int) -> list[str]:
     return texts
 
 
+def answer(p: Prediction) -> dict[str, Any]:
+    """One text's answer; `windows` (how many were read) only for a model that reads windows."""
+
+    if p.labels is not None:  # several labels per text: those chosen, and every label's probability
+        fields: dict[str, Any] = {"labels": p.labels, "probabilities": p.probabilities}
+    else:
+        fields = {"label": p.label, "probability": p.probability, "probabilities": p.probabilities}
+    return fields if p.windows is None else {**fields, "windows": p.windows}
+
+
 def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
     """The ASGI app around a loaded model: it never reads files or code named by a client."""
     limits = limits or Limits()
@@ -131,11 +141,6 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
             predictions = await batcher.submit(texts)
         except Exception as err:
             raise HTTPException(500, f"prediction failed: {type(err).__name__}: {err}") from None
-        return {
-            "predictions": [
-                {"label": p.label, "probability": p.probability, "probabilities": p.probabilities}
-                for p in predictions
-            ]
-        }
+        return {"predictions": [answer(p) for p in predictions]}
 
     return app

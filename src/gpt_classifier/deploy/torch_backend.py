@@ -9,9 +9,24 @@ import numpy as np
 import torch
 
 from gpt_classifier.cpu_threads import apply_threads
+from gpt_classifier.deploy.probabilities import Decision
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.checkpoint import load_classifier
 from gpt_classifier.model.classifier import TextClassifier
+
+# What prediction reads of a `TextClassifier`: how to tokenize and pad, and how to decide.
+SETTINGS = (
+    "class_names",
+    "max_length",
+    "context_length",
+    "padding",
+    "pad_token_id",
+    "long_texts",
+    "positive_class",
+    "threshold",
+    "multi_label",
+    "thresholds",
+)
 
 
 def pick_device(name: str) -> torch.device:
@@ -36,24 +51,18 @@ def load_torch_classifier(
     return load_classifier(path, map_location=device)
 
 
-class TorchScorer:
+class TorchScorer(Decision):
     """A `TextClassifier` behind the numpy interface of `predict_texts` (as `OnnxClassifier` has)."""
 
     def __init__(self, classifier: TextClassifier, device: str | torch.device = "cpu") -> None:
         self.classifier = classifier.eval().to(device)
         self.device = device
-        self.class_names = classifier.class_names
-        self.max_length = classifier.max_length
-        self.context_length = classifier.context_length
-        self.padding = classifier.padding
-        self.pad_token_id = classifier.pad_token_id
+        for name in SETTINGS:
+            setattr(self, name, getattr(classifier, name))
 
     @torch.no_grad()
-    def probabilities(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Class probabilities `[B, classes]` (float32) for token ids padded at the end."""
+    def logits(self, input_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Class logits `[B, classes]` (float32) for token ids padded at the end."""
         ids = torch.from_numpy(input_ids).to(self.device)
         logits = self.classifier(ids, torch.from_numpy(lengths).to(self.device))
-        return logits.softmax(-1).float().cpu().numpy()
-
-    def decide(self, probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        return self.classifier.decide(torch.from_numpy(probabilities), threshold).numpy()
+        return logits.float().cpu().numpy()

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from gpt_classifier.data.long_texts import LongTexts
 from gpt_classifier.data.tokenizer import PAD_TOKEN_ID
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.finetune import apply_policy
@@ -89,6 +90,18 @@ def decide(probabilities: Tensor, *, positive_class: int, threshold: float | Non
     return torch.where(positive, positive_class, 1 - positive_class)
 
 
+def decide_labels(probabilities: Tensor, thresholds: list[float] | None) -> Tensor:
+    """Several labels per text: `[B, labels]` true where a label's probability is >= its threshold
+    (0.5 for every label when none were chosen)."""
+    cut = torch.tensor(thresholds or [0.5] * probabilities.shape[-1], dtype=probabilities.dtype)
+    return probabilities >= cut.to(probabilities.device)
+
+
+def to_probabilities(logits: Tensor, *, multi_label: bool) -> Tensor:
+    """Softmax over the classes (one label per text), or a sigmoid per label (several)."""
+    return logits.sigmoid() if multi_label else logits.softmax(-1)
+
+
 class TextClassifier(nn.Module):
     """Token ids in, class logits out; carries what prediction needs to tokenize and pad as in training."""
 
@@ -104,8 +117,13 @@ class TextClassifier(nn.Module):
         read_positions_only: bool = True,
         positive_class: int | None = None,
         threshold: float | None = None,
+        long_texts: LongTexts | None = None,
+        multi_label: bool = False,
+        thresholds: list[float] | None = None,
     ) -> None:
         super().__init__()
+        # How a text longer than max_length is read (truncated, head and tail, or windows aggregated).
+        self.long_texts = long_texts or LongTexts(max_length=max_length or model.cfg.context_length)
         self.model = model
         self.class_names = list(class_names)
         self.reading = reading
@@ -117,21 +135,32 @@ class TextClassifier(nn.Module):
         # (None: argmax, the book). Set by training (`decision.*`), saved in checkpoints and exports.
         self.positive_class = positive_class if positive_class is not None else len(self.class_names) - 1
         self.threshold = threshold
+        # Several labels per text: a sigmoid per label, and one threshold per label (None: 0.5 each).
+        self.multi_label = multi_label
+        self.thresholds = thresholds
 
     def decide(self, probabilities: Tensor, threshold: float | None = None) -> Tensor:
         """The predicted class per row of `probabilities` (see `decide`); `threshold` overrides the own."""
+        if self.multi_label:
+            thresholds = self.thresholds if threshold is None else [threshold] * len(self.class_names)
+            return decide_labels(probabilities, thresholds)
         threshold = self.threshold if threshold is None else threshold
         return decide(probabilities, positive_class=self.positive_class, threshold=threshold)
 
-    def decision(self) -> dict[str, int | float | None]:
+    def probabilities(self, logits: Tensor) -> Tensor:
+        return to_probabilities(logits, multi_label=self.multi_label)
+
+    def decision(self) -> dict[str, Any]:
         """The decision settings, as a checkpoint's top-level `decision` holds them."""
-        return {"positive_class": self.positive_class, "threshold": self.threshold}
+        decision: dict[str, Any] = {"positive_class": self.positive_class, "threshold": self.threshold}
+        return {**decision, "thresholds": self.thresholds} if self.multi_label else decision
 
     def set_decision(self, decision: dict[str, Any]) -> None:
         """Take a `decision` (a checkpoint's, or training's `decision.*`): its positive class when it
         names one, and its threshold (None: argmax)."""
         self.positive_class = decision.get("positive_class", self.positive_class)
         self.threshold = decision.get("threshold")
+        self.thresholds = decision.get("thresholds")
 
     def settings(self) -> dict[str, Any]:
         """What using the classifier needs besides its weights (JSON): exports carry it (ONNX, HF)."""
@@ -144,6 +173,9 @@ class TextClassifier(nn.Module):
             **asdict(self.reading),
             "positive_class": self.positive_class,
             "threshold": self.threshold,
+            **self.long_texts.settings(),
+            "multi_label": self.multi_label,
+            "thresholds": self.thresholds,
         }
 
     def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
@@ -205,6 +237,7 @@ def build_classifier(
         lora_scaling=finetune.get("lora_scaling", "alpha"),
     )
     padding = data.get("padding", "max_length")
+    max_length = data.get("max_length")
     reading = Reading.for_padding(
         padding,
         position=classifier.get("position", "last"),
@@ -215,8 +248,10 @@ def build_classifier(
         backbone,
         class_names,
         reading,
-        max_length=data.get("max_length"),
+        max_length=max_length,
         padding=padding,
         pad_token_id=data.get("pad_token_id", PAD_TOKEN_ID),
         read_positions_only=classifier.get("read_positions_only", True),
+        long_texts=LongTexts.from_settings(data, max_length or backbone.cfg.context_length),
+        multi_label=bool(data.get("multi_label")),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,20 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import CatMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MultilabelExactMatch,
+)
 
 from gpt_classifier.data.datamodule import SPLITS
+from gpt_classifier.data.windows import aggregate_logits
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.classifier import build_classifier
 from gpt_classifier.model.finetune import count_parameters, first_trainable_block
 from gpt_classifier.training.callbacks import ClearCacheOnFailure
 from gpt_classifier.training.decision import check_settings, choose_threshold, class_weights, scores
+from gpt_classifier.training.multilabel import multilabel_results, pos_weight
 from gpt_classifier.training.reports import per_class_report
 from gpt_classifier.training.trunk_cache import TrunkCache
 
@@ -80,8 +87,9 @@ class GPTClassifier(L.LightningModule):
         self.save_hyperparameters({**settings, **hparams, "decision": decision})
         self.classifier = build_classifier(class_names=list(class_names), data=data, **settings)
         self.decision = decision
+        self.multi_label = bool((data or {}).get("multi_label"))  # a sigmoid per label, BCE
         if decision is not None:  # training: the config decides; else the checkpoint (on_load_checkpoint)
-            check_settings(decision, len(class_names))
+            check_settings(decision, 2 if self.multi_label else len(class_names))
             self.classifier.set_decision(decision)
         trainable, total = count_parameters(self.classifier.model)
         log.info(
@@ -115,7 +123,12 @@ class GPTClassifier(L.LightningModule):
         Summed over processes (DDP) by torchmetrics; the final evaluation gathers every probability."""
         finals = tuple(f"final_{SHORT_NAMES[s]}" for s in SPLITS)
         fit = ("fit_train", "fit_val")
-        self.accuracy = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in fit})
+        accuracy = (  # several labels: a text counts when all its labels are right (subset accuracy)
+            partial(MultilabelExactMatch, num_labels=num_classes)
+            if self.multi_label
+            else partial(MulticlassAccuracy, num_classes, average="micro")
+        )
+        self.accuracy = nn.ModuleDict({s: accuracy() for s in fit})
         self.mean_loss = nn.ModuleDict({s: MeanMetric() for s in (*fit, *finals)})
         self.final_probs = nn.ModuleDict({s: CatMetric() for s in finals})
         self.final_labels = nn.ModuleDict({s: CatMetric() for s in finals})
@@ -137,7 +150,11 @@ class GPTClassifier(L.LightningModule):
         setting = self.hparams["loss"].get("class_weights")
         if setting is not None and self.trainer.datamodule is not None:
             labels = self.trainer.datamodule.datasets["train"].labels
-            self.class_weights = class_weights(setting, labels, len(self.class_names))
+            self.class_weights = (
+                pos_weight(setting, torch.tensor(labels), self.class_names)
+                if self.multi_label
+                else class_weights(setting, labels, len(self.class_names))
+            )
             log.info("class weights (%s): %s", ", ".join(self.class_names), self.class_weights.tolist())
 
     def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
@@ -145,6 +162,16 @@ class GPTClassifier(L.LightningModule):
         return self.classifier(input_ids, lengths)
 
     def _logits(self, batch: dict[str, Tensor], split: str) -> Tensor:
+        """One row of logits per text: with windows, the aggregate of its windows' logits, so that the
+        loss, the metrics and the threshold are per text (a window without the evidence is not taught
+        the text's label)."""
+        logits = self._row_logits(batch, split)
+        if "text_of" not in batch:
+            return logits
+        aggregate = self.classifier.long_texts.aggregate
+        return aggregate_logits(logits, batch["text_of"], len(batch["labels"]), aggregate)
+
+    def _row_logits(self, batch: dict[str, Tensor], split: str) -> Tensor:
         if self.cache is None:
             return self(batch["input_ids"], batch["lengths"])
         # Built at the split's first batch; each DDP process keeps all of it.
@@ -158,19 +185,23 @@ class GPTClassifier(L.LightningModule):
     def _step(self, batch: dict[str, Tensor], split: str, stage: str) -> Tensor:
         logits = self._logits(batch, split)
         weight = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
-        loss = F.cross_entropy(
-            logits,
-            batch["labels"],
-            weight=weight,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-        )
+        if self.multi_label:
+            targets = batch["labels"].to(logits.dtype)
+            loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
+        else:
+            loss = F.cross_entropy(
+                logits,
+                batch["labels"],
+                weight=weight,
+                ignore_index=self.ignore_index,
+                label_smoothing=self.label_smoothing,
+            )
         if stage == "fit_train":  # forward: also the batch's accuracy, logged every step
             self.accuracy[stage](logits, batch["labels"])
         elif stage == "fit_val":
             self.accuracy[stage].update(logits, batch["labels"])
         else:  # final: accuracy once the decision threshold is known
-            self.final_probs[stage].update(logits.detach().float().softmax(-1))
+            self.final_probs[stage].update(self.classifier.probabilities(logits.detach().float()))
             self.final_labels[stage].update(batch["labels"])
         self.mean_loss[stage].update(loss.detach(), len(batch["labels"]))
         return loss
@@ -245,8 +276,12 @@ class GPTClassifier(L.LightningModule):
             stage = f"final_{SHORT_NAMES[split]}"
             if self.mean_loss[stage].update_count:
                 probs = self.final_probs[stage].compute().view(-1, len(self.class_names)).cpu()
-                outputs[split] = (probs, self.final_labels[stage].compute().long().cpu())
+                labels = self.final_labels[stage].compute().long().cpu()
+                outputs[split] = (probs, labels.view(len(probs), -1) if self.multi_label else labels)
                 self.final_metrics[f"{SHORT_NAMES[split]}_loss"] = float(self.mean_loss[stage].compute())
+        if self.multi_label:
+            self.multilabel_test_end(outputs)
+            return
         min_precision = (self.decision or {}).get("min_precision")
         if min_precision is not None and "validation" in outputs:
             self.classifier.threshold = choose_threshold(
@@ -263,6 +298,16 @@ class GPTClassifier(L.LightningModule):
             self.test_scores = scores(
                 probs, labels, self.classifier.positive_class, self.classifier.threshold
             )
+
+    def multilabel_test_end(self, outputs: dict[str, tuple[Tensor, Tensor]]) -> None:
+        """Several labels: thresholds (training only), subset accuracy per split, the test report."""
+        reports = multilabel_results(outputs, self.classifier, self.decision)
+        for split, report in reports.items():
+            self.final_metrics[f"{SHORT_NAMES[split]}_acc"] = report["subset_accuracy"]
+            for key in ("subset_accuracy", "micro_f1", "macro_f1"):
+                self.log(f"final/{SHORT_NAMES[split]}_{key}", report[key])
+        if "test" in outputs:
+            self.test_outputs, self.test_report = outputs["test"], reports["test"]
 
     def teardown(self, stage: str) -> None:
         if stage == "test" and self.cache is not None:

@@ -26,6 +26,7 @@ from gpt_classifier.model.checkpoint import classifier_settings, read_hyper_para
 from gpt_classifier.training.callbacks import AtomicCheckpointIO, link_or_copy
 from gpt_classifier.training.decision import ARGMAX_THRESHOLD, positive_index
 from gpt_classifier.training.lightning_module import SHORT_NAMES, GPTClassifier
+from gpt_classifier.training.multilabel import plot_per_label
 from gpt_classifier.training.phases import PhaseTimer
 from gpt_classifier.training.reports import close, plot_confusion, plot_curves, plot_history
 from gpt_classifier.training.resume import check_resume
@@ -34,6 +35,11 @@ from gpt_classifier.training.tracking import log_artifacts
 
 log = logging.getLogger(__name__)
 
+# How the evaluated checkpoint read texts and labels: evaluation reads them the same way.
+READ_AS_TRAINED_KEYS = (
+    *("long_texts", "window_stride", "max_windows"),
+    *("head_tokens", "tail_tokens", "window_aggregate", "multi_label"),
+)
 METRIC_KEYS = ("train_acc", "val_acc", "test_acc", "train_loss", "val_loss", "test_loss")
 
 
@@ -88,11 +94,7 @@ def make_module(cfg: DictConfig, datamodule: TextClassificationDataModule) -> GP
         class_names=datamodule.class_names,
         finetune=OmegaConf.to_container(cfg.finetune, resolve=True),
         classifier=OmegaConf.to_container(cfg.classifier, resolve=True),
-        data={
-            "max_length": datamodule.max_length,
-            "padding": datamodule.padding,
-            "pad_token_id": datamodule.pad_token_id,
-        },
+        data=datamodule.data_settings(),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(scheduler) if scheduler else None,
         compile_blocks=bool(cfg.get("compile")),
@@ -127,7 +129,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {key: module.final_metrics[key] for key in METRIC_KEYS if cfg.test}
     if not trainer.is_global_zero:
         return metrics
-    if len(module.class_names) == 2:
+    if module.multi_label:  # a threshold per label, chosen on validation
+        thresholds = module.classifier.thresholds
+        if thresholds is not None:
+            metrics["thresholds"] = dict(zip(module.class_names, thresholds, strict=True))
+            if cfg.train and best:
+                save_decision(module, best)
+    elif len(module.class_names) == 2:
         threshold = module.classifier.threshold
         metrics["threshold"] = ARGMAX_THRESHOLD if threshold is None else threshold
         if cfg.train and best and threshold is not None:
@@ -160,7 +168,10 @@ def make_run(cfg: DictConfig) -> tuple[TextClassificationDataModule, GPTClassifi
     # Evaluate a checkpoint: its own model and data settings, not the command line's.
     settings = classifier_settings(read_hyper_parameters(cfg.ckpt_path))
     data = settings["data"] or {}
-    datamodule = make_datamodule(cfg, max_length=data.get("max_length"), padding=data.get("padding"))
+    read_as_trained = {key: data[key] for key in READ_AS_TRAINED_KEYS if key in data}
+    datamodule = make_datamodule(
+        cfg, max_length=data.get("max_length"), padding=data.get("padding"), **read_as_trained
+    )
     return datamodule, GPTClassifier(**{**settings, "model": {**settings["model"], "weights": "random"}})
 
 
@@ -196,8 +207,11 @@ def write_outputs(
         write_json_atomic(
             {**module.test_report, **module.test_scores}, out_dir / "classification_report.json"
         )
-        plots.append(write_confusion_matrix(module, trainer, out_dir))
-        plots += write_curves(module, trainer, out_dir)
+        if module.multi_label:
+            plots.append(write_per_label(module, trainer, out_dir))
+        else:
+            plots.append(write_confusion_matrix(module, trainer, out_dir))
+            plots += write_curves(module, trainer, out_dir)
     files = [out_dir / "metrics.json", out_dir / "classification_report.json", *plots]
     log_artifacts(trainer.loggers, files)
     report(metrics, out_dir, evaluated, plots)
@@ -236,6 +250,16 @@ def write_confusion_matrix(module: GPTClassifier, trainer: L.Trainer, out_dir: P
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure("test/confusion_matrix", figure, trainer.global_step, close=False)
+    close(figure)
+    return path
+
+
+def write_per_label(module: GPTClassifier, trainer: L.Trainer, out_dir: Path) -> Path:
+    """`per_label.png`: several labels per text have no confusion matrix; bars per label instead."""
+    path, figure = plot_per_label(module.test_report, module.class_names, out_dir)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure("test/per_label", figure, trainer.global_step, close=False)
     close(figure)
     return path
 
