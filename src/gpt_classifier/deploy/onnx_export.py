@@ -6,7 +6,8 @@ dynamic batch and sequence axes. It is the classifier's own forward pass with
 `read_positions_only=False`: every block at every position, then the read position (or the mean),
 which gives the same numbers as the packed path (whose data-dependent shapes do not trace). The
 metadata holds `TextClassifier.settings()`, so `predict.py model.onnx` tokenizes, pads and decides as
-the checkpoint does.
+the checkpoint does. The graph's logits are already divided by the calibration temperature (traced
+with the forward pass); the metadata's `temperature` says which one, not a step left to do.
 """
 
 from __future__ import annotations

@@ -103,6 +103,7 @@ class TextClassifier(nn.Module):
         read_positions_only: bool = True,
         positive_class: int | None = None,
         threshold: float | None = None,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -116,6 +117,9 @@ class TextClassifier(nn.Module):
         # (None: argmax, the book). Set by training (`decision.*`), saved in checkpoints and exports.
         self.positive_class = positive_class if positive_class is not None else len(self.class_names) - 1
         self.threshold = threshold
+        # Calibration: the logits are divided by it before softmax (1: as trained). Fitted on the
+        # validation split after training (`calibration=temperature`); argmax is unchanged by it.
+        self.temperature = temperature
 
     def decide(self, probabilities: Tensor, threshold: float | None = None) -> Tensor:
         """The predicted class per row of `probabilities` (see `decide`); `threshold` overrides the own."""
@@ -124,13 +128,18 @@ class TextClassifier(nn.Module):
 
     def decision(self) -> dict[str, int | float | None]:
         """The decision settings, as a checkpoint's top-level `decision` holds them."""
-        return {"positive_class": self.positive_class, "threshold": self.threshold}
+        return {
+            "positive_class": self.positive_class,
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+        }
 
     def set_decision(self, decision: dict[str, Any]) -> None:
         """Take a `decision` (a checkpoint's, or training's `decision.*`): its positive class when it
-        names one, and its threshold (None: argmax)."""
+        names one, its threshold (None: argmax) and its temperature (none: 1, uncalibrated)."""
         self.positive_class = decision.get("positive_class", self.positive_class)
         self.threshold = decision.get("threshold")
+        self.temperature = float(decision.get("temperature") or 1.0)
 
     def settings(self) -> dict[str, Any]:
         """What using the classifier needs besides its weights (JSON): exports carry it (ONNX, HF)."""
@@ -143,10 +152,16 @@ class TextClassifier(nn.Module):
             **asdict(self.reading),
             "positive_class": self.positive_class,
             "threshold": self.threshold,
+            "temperature": self.temperature,
         }
 
+    def calibrated(self, logits: Tensor) -> Tensor:
+        """`logits / temperature`: what softmax turns into calibrated probabilities (exports trace it)."""
+        return logits if self.temperature == 1.0 else logits / self.temperature
+
     def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
-        """Class logits `[B, classes]` for token ids padded to a common width, `lengths` real tokens each."""
+        """Class logits `[B, classes]` (divided by the temperature) for token ids padded to a common
+        width, `lengths` real tokens each."""
         width = input_ids.shape[1]
         return self.logits_from(
             self.model.embed(input_ids),
@@ -161,7 +176,7 @@ class TextClassifier(nn.Module):
         """Logits from hidden states `x` entering block `start_block` (the cached trunk's output)."""
         pooled = {"mean_over": lengths} if self.reading.pooling == "mean" else {"read_pos": read_pos}
         prefix = needed if self.read_positions_only else None
-        return self.model.classify(x, start_block=start_block, prefix=prefix, **pooled)
+        return self.calibrated(self.model.classify(x, start_block=start_block, prefix=prefix, **pooled))
 
     def logits_from_rows(
         self, rows: Tensor, packing: Packing, *, read_pos: Tensor, lengths: Tensor, start_block: int = 0
@@ -173,7 +188,7 @@ class TextClassifier(nn.Module):
                 x, read_pos=read_pos, lengths=lengths, needed=packing.lengths, start_block=start_block
             )
         pooled = {"mean_over": lengths} if self.reading.pooling == "mean" else {"read_pos": read_pos}
-        return self.model.classify_rows(rows, packing, start_block=start_block, **pooled)
+        return self.calibrated(self.model.classify_rows(rows, packing, start_block=start_block, **pooled))
 
     @property
     def context_length(self) -> int:

@@ -28,6 +28,7 @@ from gpt_classifier.data.datamodule import SPLITS
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.classifier import build_classifier
 from gpt_classifier.model.finetune import count_parameters, first_trainable_block
+from gpt_classifier.training.calibration import calibrate, check_method
 from gpt_classifier.training.callbacks import ClearCacheOnFailure
 from gpt_classifier.training.decision import check_settings, choose_threshold, class_weights, scores
 from gpt_classifier.training.reports import per_class_report
@@ -57,7 +58,8 @@ class GPTClassifier(L.LightningModule):
     saved. `cache_dir`: where the frozen-trunk cache spills past its budget (None: `<the trainer's
     default_root_dir>/cache`). `loss`: `class_weights`, `label_smoothing`, `ignore_index`. `decision`:
     `positive_class` (an index), `min_precision` or `threshold`; None (evaluating a checkpoint): the
-    checkpoint's own threshold.
+    checkpoint's own threshold. `calibration`: `method` none or temperature (fitted on validation
+    after training, before the threshold is chosen).
     """
 
     def __init__(
@@ -73,11 +75,14 @@ class GPTClassifier(L.LightningModule):
         loss: dict | None = None,
         decision: dict | None = None,
         cache_dir: str | Path | None = None,
+        calibration: dict | None = None,
     ) -> None:
         super().__init__()
         settings = {"model": model, "finetune": finetune or {}, "classifier": classifier or {}}
         hparams = {"class_names": list(class_names), "data": data or {}, "loss": loss or {}}
-        self.save_hyperparameters({**settings, **hparams, "decision": decision})
+        calibration = calibration or {"method": "none"}
+        check_method(calibration.get("method", "none"))
+        self.save_hyperparameters({**settings, **hparams, "decision": decision, "calibration": calibration})
         self.classifier = build_classifier(class_names=list(class_names), data=data, **settings)
         self.decision = decision
         if decision is not None:  # training: the config decides; else the checkpoint (on_load_checkpoint)
@@ -107,11 +112,13 @@ class GPTClassifier(L.LightningModule):
         fit = ("fit_train", "fit_val")
         self.accuracy = nn.ModuleDict({s: MulticlassAccuracy(num_classes, average="micro") for s in fit})
         self.mean_loss = nn.ModuleDict({s: MeanMetric() for s in (*fit, *finals)})
-        self.final_probs = nn.ModuleDict({s: CatMetric() for s in finals})
+        self.final_logits = nn.ModuleDict({s: CatMetric() for s in finals})
         self.final_labels = nn.ModuleDict({s: CatMetric() for s in finals})
         self.confusion = MulticlassConfusionMatrix(num_classes, sync_on_compute=False)  # gathered already
         self.test_outputs: tuple[Tensor, Tensor] | None = None  # test split (probabilities, labels)
+        self.uncalibrated_test_probs: Tensor | None = None  # before the fitted temperature
         self.test_scores: dict[str, float] = {}
+        self.calibration_report: dict[str, float] = {}
         self.examples_seen = 0
         self.history: list[dict[str, float]] = []
         self.final_metrics: dict[str, float] = {}
@@ -167,7 +174,7 @@ class GPTClassifier(L.LightningModule):
         elif stage == "fit_val":
             self.accuracy[stage].update(logits, batch["labels"])
         else:  # final: accuracy once the decision threshold is known
-            self.final_probs[stage].update(logits.detach().float().softmax(-1))
+            self.final_logits[stage].update(logits.detach().float())
             self.final_labels[stage].update(batch["labels"])
         self.mean_loss[stage].update(loss.detach(), len(batch["labels"]))
         return loss
@@ -230,20 +237,26 @@ class GPTClassifier(L.LightningModule):
         self.log(f"final/{name}_loss", self.mean_loss[stage], **options)
 
     def on_test_epoch_start(self) -> None:
-        for metric in (*self.final_probs.values(), *self.final_labels.values(), self.confusion):
+        for metric in (*self.final_logits.values(), *self.final_labels.values(), self.confusion):
             metric.reset()
 
     def on_test_epoch_end(self) -> None:
-        """The decision threshold (picked on the validation split when `decision.min_precision` is
+        """The temperature (fitted on the validation split with `calibration=temperature`), the decision
+        threshold (picked on the calibrated validation probabilities when `decision.min_precision` is
         set), then `final_metrics` (accuracy with that threshold, and loss, per split) and the test
         split's per-class report and scores."""
-        outputs = {}
+        logits = {}
         for split in SPLITS:
             stage = f"final_{SHORT_NAMES[split]}"
             if self.mean_loss[stage].update_count:
-                probs = self.final_probs[stage].compute().view(-1, len(self.class_names)).cpu()
-                outputs[split] = (probs, self.final_labels[stage].compute().long().cpu())
+                split_logits = self.final_logits[stage].compute().view(-1, len(self.class_names)).cpu()
+                logits[split] = (split_logits, self.final_labels[stage].compute().long().cpu())
                 self.final_metrics[f"{SHORT_NAMES[split]}_loss"] = float(self.mean_loss[stage].compute())
+        if "test" in logits:
+            self.uncalibrated_test_probs = logits["test"][0].softmax(-1)
+        factor, logits, self.calibration_report = calibrate(logits, self.hparams["calibration"]["method"])
+        self.classifier.temperature *= factor
+        outputs = {split: (values.softmax(-1), labels) for split, (values, labels) in logits.items()}
         min_precision = (self.decision or {}).get("min_precision")
         if min_precision is not None and "validation" in outputs:
             self.classifier.threshold = choose_threshold(
