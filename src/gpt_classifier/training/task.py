@@ -88,6 +88,7 @@ def make_module(cfg: DictConfig, datamodule: TextClassificationDataModule) -> GP
             "max_length": datamodule.max_length,
             "padding": datamodule.padding,
             "pad_token_id": datamodule.pad_token_id,
+            "data_dir": str(Path(datamodule.data_dir).resolve()),  # its validation split checks exports
         },
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(scheduler) if scheduler else None,
