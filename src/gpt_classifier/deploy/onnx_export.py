@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from gpt_classifier.model.classifier import TextClassifier
 
 OPSET = 18
 MAX_PROTOBUF_BYTES = 2**31 - 1  # one ONNX file without external data
+GRAPH_ROOM = 2**26  # what the graph and metadata may need beside the weights in one file
 
 
 class OnnxGraph(nn.Module):
@@ -97,9 +99,9 @@ def weight_bytes(model) -> int:
     return sum(len(tensor.raw_data) for tensor in model.graph.initializer)
 
 
-def needs_external_data(model) -> bool:
-    """Whether one protobuf file cannot hold `model` (with some room for the graph itself)."""
-    return weight_bytes(model) > MAX_PROTOBUF_BYTES - 2**26
+def needs_external_data(model, limit: int = MAX_PROTOBUF_BYTES - GRAPH_ROOM) -> bool:
+    """Whether one protobuf file cannot hold `model`: its weights are over `limit` bytes."""
+    return weight_bytes(model) > limit
 
 
 def save_model(model, path: Path, *, external_data: bool | None = None) -> int:
@@ -129,6 +131,7 @@ def save_with_external_data(model, path: Path) -> int:
             model, staged, save_as_external_data=True, all_tensors_to_one_file=True, location=data_path.name
         )
         size = staged.stat().st_size + (Path(folder) / data_path.name).stat().st_size
+        shutil.copymode(staged, Path(folder) / data_path.name)  # ONNX writes it private (0600)
         os.replace(Path(folder) / data_path.name, data_path)
         os.replace(staged, path)
     return size
