@@ -49,7 +49,7 @@ def cli(argv: Sequence[str] | None = None) -> None:
     if args.format == "hf":
         from gpt_classifier.deploy.hf_export import export_hf
 
-        written = export_hf(classifier, args.out)
+        written = export_hf(classifier, args.out, checkpoint=args.checkpoint)
         size = sum(path.stat().st_size for path in written)
         print(
             f"wrote {args.out}/ ({len(written)} files, {megabytes(size)}): load it with "
@@ -61,7 +61,9 @@ def cli(argv: Sequence[str] | None = None) -> None:
 
     gate = quantization_gate(args, classifier.class_names) if args.quantize else None
     try:
-        sizes = export_onnx(classifier, args.out, quantize=args.quantize, gate=gate)
+        sizes = export_onnx(
+            classifier, args.out, quantize=args.quantize, gate=gate, checkpoint=args.checkpoint
+        )
     except ImportError as err:
         raise GPTClassifierError(
             f"exporting to ONNX needs {err.name}, which is not installed: pip install -e '.[export]'"

@@ -154,8 +154,11 @@ def tokenizer_files(classifier: TextClassifier) -> dict[str, dict]:
     }
 
 
-def export_hf(classifier: TextClassifier, out: str | Path) -> list[Path]:
-    """Write the Hugging Face folder `out` (each file atomically); the files written."""
+def export_hf(
+    classifier: TextClassifier, out: str | Path, *, checkpoint: str | Path | None = None
+) -> list[Path]:
+    """Write the Hugging Face folder `out` (each file atomically); the files written. With the
+    `checkpoint` it came from, also its model card, `README.md` (see `model_card`)."""
     problem = hf_problem(classifier)
     if problem:
         raise GPTClassifierError(f"transformers cannot reproduce this classifier: {problem}")
@@ -172,4 +175,10 @@ def export_hf(classifier: TextClassifier, out: str | Path) -> list[Path]:
     for name, content in tokenizer_files(classifier).items():
         write_json_atomic(content, out / name)
         written.append(out / name)
+    if checkpoint is not None:
+        from gpt_classifier.deploy.model_card import card_text, hf_usage, write_card
+
+        written.append(
+            write_card(card_text(classifier, checkpoint, usage=hf_usage(str(out))), out / "README.md")
+        )
     return written

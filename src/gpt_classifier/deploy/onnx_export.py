@@ -188,10 +188,12 @@ def export_onnx(
     quantize: str | None = None,
     gate: QuantizationGate | None = None,
     external_data: bool | None = None,
+    checkpoint: str | Path | None = None,
 ) -> dict:
     """Write `classifier` to `out` (fp32, or int8 with `quantize="int8"`, checked by `gate`: None
     writes the first candidate unchecked); the sizes in bytes and, for int8, the check's numbers.
-    `external_data`: None writes the weights to `out.data` only when over 2 GB."""
+    `external_data`: None writes the weights to `out.data` only when over 2 GB. With the `checkpoint`
+    it came from, its model card is written beside: `<out without .onnx>.card.md`."""
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise GPTClassifierError(f"--out {out}: an ONNX model's file name must end in .onnx")
@@ -200,5 +202,12 @@ def export_onnx(
     with torch.no_grad():
         model = to_onnx_model(classifier)
     if quantize is None:
-        return {"fp32_bytes": save_model(model, out, external_data=external_data)}
-    return quantize_int8(model, out, gate or QuantizationGate(check=None), external_data=external_data)
+        result = {"fp32_bytes": save_model(model, out, external_data=external_data)}
+    else:
+        result = quantize_int8(model, out, gate or QuantizationGate(check=None), external_data=external_data)
+    if checkpoint is not None:
+        from gpt_classifier.deploy.model_card import card_text, onnx_usage, write_card
+
+        card = card_text(classifier, checkpoint, usage=onnx_usage(str(out)))
+        result["card"] = write_card(card, out.with_suffix(".card.md"))
+    return result

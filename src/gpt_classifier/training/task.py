@@ -89,6 +89,7 @@ def make_module(cfg: DictConfig, datamodule: TextClassificationDataModule) -> GP
             "padding": datamodule.padding,
             "pad_token_id": datamodule.pad_token_id,
             "data_dir": str(Path(datamodule.data_dir).resolve()),  # its validation split checks exports
+            "dataset": describe_dataset(datamodule),  # for the model card
         },
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(scheduler) if scheduler else None,
@@ -100,6 +101,12 @@ def make_module(cfg: DictConfig, datamodule: TextClassificationDataModule) -> GP
         },
         calibration=OmegaConf.to_container(cfg.calibration, resolve=True) if "calibration" in cfg else None,
     )
+
+
+def describe_dataset(datamodule: TextClassificationDataModule) -> dict[str, object]:
+    """What the model card says of the data: the data module's first docstring line and the split sizes."""
+    about = (type(datamodule).__doc__ or type(datamodule).__name__).strip().splitlines()[0]
+    return {"about": about, "rows": {split: len(data) for split, data in datamodule.datasets.items()}}
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
