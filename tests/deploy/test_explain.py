@@ -1,13 +1,16 @@
 """Explanations: on a task where one keyword decides the label, that keyword is the top attribution;
-token offsets map back to the original text; a checkpoint and its ONNX export explain alike."""
+token offsets map back to the original text; a checkpoint and its ONNX export explain alike; and
+`predict.py --explain`, `POST /explain` and the page's explain toggle show them."""
 
 import csv
 import itertools
+import json
 import random
 
 import numpy as np
 import pytest
-from helpers import TINY_OVERRIDES, train_config
+from helpers import PREDICT_PY, TINY_OVERRIDES, run_many, train_config
+from test_serve import CHROMIUM, Server, chromium, request
 
 from gpt_classifier.deploy.explain import explain_texts
 from gpt_classifier.deploy.onnx_export import export_onnx
@@ -104,3 +107,83 @@ def test_onnx_explains_as_the_checkpoint(keyword_checkpoint, tmp_path):
         assert a.prediction.label == b.prediction.label
         assert [t.token for t in a.tokens] == [t.token for t in b.tokens]
         np.testing.assert_allclose([t.score for t in a.tokens], [t.score for t in b.tokens], atol=1e-4)
+
+
+# ---- the command line, the API and the page
+
+
+def test_predict_cli_explains(keyword_checkpoint, tmp_path):
+    text = "see you at the prize lunch"
+    jobs = {
+        "plain": (PREDICT_PY, [str(keyword_checkpoint), "--explain", text], tmp_path),
+        "json": (PREDICT_PY, [str(keyword_checkpoint), "--explain", "--json", text], tmp_path),
+    }
+    results = run_many(jobs)
+    plain, as_json = results["plain"], results["json"]
+    assert plain.returncode == 0 and as_json.returncode == 0, (plain, as_json)
+    label, probability, marked = plain.stdout.strip().split("\t")
+    assert label == "spam" and 0.5 < float(probability) <= 1
+    assert f"[[{KEYWORD}]]" in marked and "\033" not in marked  # not a terminal: plain markers
+    assert marked.replace("[[", "").replace("]]", "") == text
+    answer = json.loads(as_json.stdout)
+    assert answer["label"] == "spam" and answer["text"] == text
+    assert all(text[t["start"] : t["end"]] == t["token"] for t in answer["tokens"])
+    assert max(answer["tokens"], key=lambda t: t["score"])["token"].strip() == KEYWORD
+
+
+@pytest.fixture(scope="module")
+def server(keyword_checkpoint):
+    running = Server(keyword_checkpoint, "--max-explain-texts", "2", "--no-access-log")
+    yield running
+    running.stop()
+
+
+def explain_request(port: int, data) -> tuple[int, dict]:
+    status, body, _ = request(port, "POST", "/explain", json.dumps(data).encode())
+    return status, body
+
+
+def test_post_explain(server, keyword_checkpoint):
+    texts = ["see you at the prize lunch", "  café ☕ later"]
+    status, body = explain_request(server.port, {"texts": texts})
+    assert status == 200, body
+    expected = explain_texts(texts, load_classifier(keyword_checkpoint))
+    for answer, want, text in zip(body["explanations"], expected, texts, strict=True):
+        assert answer["label"] == want.prediction.label
+        assert answer["probability"] == pytest.approx(want.prediction.probability, abs=1e-4)
+        assert [t["token"] for t in answer["tokens"]] == [t.token for t in want.tokens]
+        assert all(text[t["start"] : t["end"]] == t["token"] for t in answer["tokens"])
+        np.testing.assert_allclose(
+            [t["score"] for t in answer["tokens"]], [t.score for t in want.tokens], atol=1e-4
+        )
+    assert max(body["explanations"][0]["tokens"], key=lambda t: t["score"])["token"].strip() == KEYWORD
+
+
+def test_post_explain_has_its_own_text_limit(server):
+    status, body = explain_request(server.port, {"texts": ["one", "two", "three"]})  # one over
+    assert status == 413 and "--max-explain-texts" in body["error"]
+    assert explain_request(server.port, {"text": ""})[0] == 422
+    assert explain_request(server.port, {"texts": ["one", "two"]})[0] == 200  # exactly at the limit: served
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install chromium-driver")
+def test_the_page_explain_toggle_highlights_words(server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = chromium()
+    try:
+        wait = WebDriverWait(browser, 30)
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        browser.find_element(By.ID, "texts").send_keys("see you at the prize lunch")
+        browser.find_element(By.ID, "explain").click()
+        browser.find_element(By.ID, "classify").click()
+        words = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#result .explained .token"))
+        assert "".join(word.text for word in words).strip() == "see you at the prize lunch"
+        toward = browser.find_elements(By.CSS_SELECTOR, "#result .explained .token.toward")
+        strongest = max(toward, key=lambda w: float(w.get_attribute("title").rsplit(" ", 1)[1]))
+        assert strongest.text.strip() == KEYWORD
+        assert strongest.value_of_css_property("background-color") == "rgba(22, 163, 74, 1)"  # full green
+        assert browser.find_element(By.CSS_SELECTOR, "#result .label").text == "spam"
+    finally:
+        browser.quit()

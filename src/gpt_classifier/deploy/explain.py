@@ -76,11 +76,15 @@ def occlusion_scores(classifier: Classifier, ids: list[int], target: int, width:
 
 
 def explain_texts(
-    texts: list[str], classifier: Classifier, *, max_length: int | None = None
+    texts: list[str],
+    classifier: Classifier,
+    *,
+    max_length: int | None = None,
+    threshold: float | None = None,
 ) -> list[Explanation]:
     """The prediction of each text and its tokens' scores, in input order (texts truncated as in
-    prediction: only the tokens the classifier reads are scored)."""
-    predictions = predict_texts(texts, classifier, max_length=max_length)
+    prediction: only the tokens the classifier reads are scored; `threshold` as in `predict_texts`)."""
+    predictions = predict_texts(texts, classifier, max_length=max_length, threshold=threshold)
     limit = min(max_length or classifier.max_length or classifier.context_length, classifier.context_length)
     width = limit if classifier.padding == "max_length" else None
     explanations = []
@@ -97,3 +101,17 @@ def explain_texts(
             ]
         explanations.append(explanation)
     return explanations
+
+
+def marked_text(explanation: Explanation, *, count: int = 3, color: bool = False) -> str:
+    """The text with its `count` strongest tokens marked: bold green on a terminal, else `[[...]]`."""
+    strongest = {id(token) for token in explanation.strongest(count)}
+    text, parts, position = explanation.prediction.text, [], 0
+    for token in explanation.tokens:
+        if id(token) in strongest and token.token.strip():
+            word = token.token.strip()
+            start = token.start + token.token.index(word)
+            parts.append(text[position:start])
+            parts.append(f"\033[1;32m{word}\033[0m" if color else f"[[{word}]]")
+            position = start + len(word)
+    return "".join(parts) + text[position:]
