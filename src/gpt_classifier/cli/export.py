@@ -57,6 +57,11 @@ def cli(argv: Sequence[str] | None = None) -> None:
             file=sys.stderr,
         )
         return
+    write_onnx(classifier, args)
+
+
+def write_onnx(classifier, args) -> None:
+    """`--format onnx`: the file (int8 checked first), its card, and what was written."""
     from gpt_classifier.deploy.onnx_export import export_onnx
 
     gate = quantization_gate(args, classifier.class_names) if args.quantize else None
@@ -75,6 +80,8 @@ def cli(argv: Sequence[str] | None = None) -> None:
     )
     if sizes.get("check") is not None:
         print(f"checked on {gate.check.source}: {sizes['check'].summary()}", file=sys.stderr)
+    if sizes["external_data"]:
+        what += f", weights in {Path(args.out).name}.data beside it: keep the two together"
     print(f'wrote {Path(args.out)} ({what}): python predict.py {args.out} "some text"', file=sys.stderr)
 
 

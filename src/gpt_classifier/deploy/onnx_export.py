@@ -177,8 +177,9 @@ def quantize_int8(model, path: Path, gate: QuantizationGate, *, external_data: b
     quantized.metadata_props.add(key="quantization", value=json.dumps(method))
     if check is not None:
         quantized.metadata_props.add(key="quantization_check", value=json.dumps(check.as_metadata()))
-    int8_bytes = save_model(quantized, path, external_data=external_data)
-    return {"fp32_bytes": fp32_bytes, "int8_bytes": int8_bytes, "check": check}
+    external = needs_external_data(quantized) if external_data is None else external_data
+    int8_bytes = save_model(quantized, path, external_data=external)
+    return {"fp32_bytes": fp32_bytes, "int8_bytes": int8_bytes, "check": check, "external_data": external}
 
 
 def export_onnx(
@@ -191,7 +192,8 @@ def export_onnx(
     checkpoint: str | Path | None = None,
 ) -> dict:
     """Write `classifier` to `out` (fp32, or int8 with `quantize="int8"`, checked by `gate`: None
-    writes the first candidate unchecked); the sizes in bytes and, for int8, the check's numbers.
+    writes the first candidate unchecked); the sizes in bytes, whether the weights went to an external
+    data file and, for int8, the check's numbers.
     `external_data`: None writes the weights to `out.data` only when over 2 GB. With the `checkpoint`
     it came from, its model card is written beside: `<out without .onnx>.card.md`."""
     out = Path(out)
@@ -202,7 +204,8 @@ def export_onnx(
     with torch.no_grad():
         model = to_onnx_model(classifier)
     if quantize is None:
-        result = {"fp32_bytes": save_model(model, out, external_data=external_data)}
+        external = needs_external_data(model) if external_data is None else external_data
+        result = {"fp32_bytes": save_model(model, out, external_data=external), "external_data": external}
     else:
         result = quantize_int8(model, out, gate or QuantizationGate(check=None), external_data=external_data)
     if checkpoint is not None:
