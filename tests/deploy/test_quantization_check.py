@@ -135,6 +135,8 @@ def test_export_cli_checks_int8_and_refuses_below_the_bar(borderline, tmp_path):
     check = json.loads(meta["quantization_check"])
     assert check["texts"] == 200 and check["agreement"] < 0.999 and check["fp32_accuracy"] is None
     assert json.loads(meta["quantization"]) == check["method"]
+    card = (tmp_path / "forced.card.md").read_text()  # the model card beside it says so too
+    assert f"The weights are int8; {check['method']}: label agreement" in card
     for name, message in (("missing", "none.csv not found"), ("fp32_force", "apply to --quantize int8 only")):
         result = results[name]
         lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]

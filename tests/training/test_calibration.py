@@ -44,11 +44,14 @@ def test_an_underconfident_model_is_sharpened():
 
 def test_calibrate_scales_every_split_and_keeps_argmax():
     val, test = overconfident_logits(3.0, seed=1), overconfident_logits(3.0, seed=2)
-    factor, scaled, report = calibrate({"validation": val, "test": test}, "temperature")
-    assert factor == pytest.approx(3.0, rel=0.15)
+    temperature, scaled, report = calibrate({"validation": val, "test": test}, "temperature")
+    assert temperature == pytest.approx(3.0, rel=0.15)
     assert torch.equal(scaled["test"][0].argmax(-1), test[0].argmax(-1))
     assert report["ece_after"] < report["ece_before"] and report["nll_after"] < report["nll_before"]
     assert calibrate({"validation": val}, "none") == (1.0, {"validation": val}, {})
+    given, scaled, report = calibrate({"validation": val, "test": test}, "none", temperature=3.0)
+    assert given == 3.0 and torch.equal(scaled["test"][0], test[0] / 3.0)  # a checkpoint's own T
+    assert report["ece_after"] < report["ece_before"]
     with pytest.raises(GPTClassifierError, match=re.escape("calibration.method='platt' is unknown")):
         calibrate({"validation": val}, "platt")
 
@@ -77,12 +80,18 @@ def noisy_csv(tmp_path_factory):
 @pytest.fixture(scope="module")
 def calibrated_run(noisy_csv, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("calibrated")
-    settings = [
+    with train_config(run_settings(noisy_csv), run_dir) as cfg:
+        metrics = train(cfg)
+    return run_dir, metrics
+
+
+def run_settings(csv_path) -> list[str]:
+    return [
         *TINY_OVERRIDES,
         "trainer=cpu",
         "trainer.max_epochs=8",
         "data=csv",
-        f"data.path={noisy_csv}",
+        f"data.path={csv_path}",
         "data.batch_size=16",
         "data.padding=dynamic",
         "classifier.position=flexible",
@@ -92,9 +101,6 @@ def calibrated_run(noisy_csv, tmp_path_factory):
         "calibration=temperature",
         "callbacks.model_checkpoint.monitor=null",  # the last epoch: the most over-confident
     ]
-    with train_config(settings, run_dir) as cfg:
-        metrics = train(cfg)
-    return run_dir, metrics
 
 
 def test_the_test_ece_drops(calibrated_run):
@@ -120,3 +126,19 @@ def test_the_checkpoint_carries_the_temperature_and_the_labels_stay(calibrated_r
     assert [p.label for p in calibrated] == [p.label for p in raw]
     assert all(c.probability <= r.probability + 1e-6 for c, r in zip(calibrated, raw, strict=True))
     assert max(r.probability - c.probability for c, r in zip(calibrated, raw, strict=True)) > 0.01
+
+
+def test_evaluating_the_checkpoint_gives_the_same_numbers(calibrated_run, noisy_csv, tmp_path):
+    """`train=false` on the calibrated checkpoint: its own T, the same losses and calibrated scores."""
+    run_dir, metrics = calibrated_run
+    best = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
+    config = json.loads((run_dir / "classification_report.json").read_text())["calibration"]
+    overrides = [o for o in run_settings(noisy_csv) if not o.startswith("trainer.max")]
+    with train_config([*overrides, "train=false", f"ckpt_path={best}"], tmp_path) as cfg:
+        evaluated = train(cfg)
+    assert evaluated["temperature"] == metrics["temperature"]
+    for key in ("train_loss", "val_loss", "test_loss", "test_acc"):
+        assert evaluated[key] == pytest.approx(metrics[key], abs=1e-6), key
+    report = json.loads((tmp_path / "classification_report.json").read_text())["calibration"]
+    assert report["ece_after"] == pytest.approx(config["ece_after"], abs=1e-6)
+    assert report["nll_before"] == pytest.approx(config["nll_before"], abs=1e-6)

@@ -211,6 +211,10 @@ def export_onnx(
     if checkpoint is not None:
         from gpt_classifier.deploy.model_card import card_text, onnx_usage, write_card
 
-        card = card_text(classifier, checkpoint, usage=onnx_usage(str(out)))
+        usage = onnx_usage(str(out))
+        if quantize is not None:
+            check = result["check"]
+            usage += f"\nThe weights are int8; {check.summary() if check else 'not checked against fp32'}.\n"
+        card = card_text(classifier, checkpoint, usage=usage)
         result["card"] = write_card(card, out.with_suffix(".card.md"))
     return result

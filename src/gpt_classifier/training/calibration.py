@@ -57,18 +57,20 @@ def calibration_scores(logits: Tensor, labels: Tensor) -> dict[str, float]:
 
 
 def calibrate(
-    outputs: dict[str, tuple[Tensor, Tensor]], method: str
+    outputs: dict[str, tuple[Tensor, Tensor]], method: str, *, temperature: float = 1.0
 ) -> tuple[float, dict[str, tuple[Tensor, Tensor]], dict[str, float]]:
-    """Fit the temperature of the logits in `outputs` (split: (logits, labels)) on `validation`.
+    """The temperature of the uncalibrated logits in `outputs` (split: (logits, labels)): fitted on
+    `validation` with `method="temperature"`, else the given one (a checkpoint's own).
 
-    Returns the factor (1: nothing fitted), every split's logits divided by it, and the test split's
-    ECE and NLL before and after (empty without a test split).
+    Returns it, every split's logits divided by it, and the test split's ECE and NLL before and after
+    (empty without a test split or with temperature 1).
     """
     check_method(method)
-    if method == "none" or "validation" not in outputs:
+    if method == "temperature" and "validation" in outputs:
+        temperature = fit_temperature(*outputs["validation"])
+    if temperature == 1.0:
         return 1.0, outputs, {}
-    factor = fit_temperature(*outputs["validation"])
-    scaled = {split: (logits / factor, labels) for split, (logits, labels) in outputs.items()}
+    scaled = {split: (logits / temperature, labels) for split, (logits, labels) in outputs.items()}
     report: dict[str, float] = {}
     if "test" in outputs:
         before, after = calibration_scores(*outputs["test"]), calibration_scores(*scaled["test"])
@@ -78,14 +80,15 @@ def calibrate(
             for when, scores in (("before", before), ("after", after))
         }
         log.info(
-            "temperature %.3f (validation NLL): test ECE %.4f -> %.4f, NLL %.4f -> %.4f",
-            factor,
+            "temperature %.3f (%s): test ECE %.4f -> %.4f, NLL %.4f -> %.4f",
+            temperature,
+            "fitted on the validation NLL" if method == "temperature" else "the checkpoint's",
             report["ece_before"],
             report["ece_after"],
             report["nll_before"],
             report["nll_after"],
         )
-    return factor, scaled, report
+    return temperature, scaled, report
 
 
 def reliability_bins(probs: Tensor, labels: Tensor, bins: int = ECE_BINS) -> tuple[list, list, list]:

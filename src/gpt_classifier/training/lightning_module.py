@@ -119,6 +119,7 @@ class GPTClassifier(L.LightningModule):
         self.uncalibrated_test_probs: Tensor | None = None  # before the fitted temperature
         self.test_scores: dict[str, float] = {}
         self.calibration_report: dict[str, float] = {}
+        self.loaded_temperature = 1.0  # the classifier's before the final evaluation
         self.examples_seen = 0
         self.history: list[dict[str, float]] = []
         self.final_metrics: dict[str, float] = {}
@@ -237,6 +238,9 @@ class GPTClassifier(L.LightningModule):
         self.log(f"final/{name}_loss", self.mean_loss[stage], **options)
 
     def on_test_epoch_start(self) -> None:
+        """The final evaluation collects uncalibrated logits (its losses are the model's own); the
+        temperature, fitted or the checkpoint's, is applied at its end."""
+        self.loaded_temperature, self.classifier.temperature = self.classifier.temperature, 1.0
         for metric in (*self.final_logits.values(), *self.final_labels.values(), self.confusion):
             metric.reset()
 
@@ -254,8 +258,11 @@ class GPTClassifier(L.LightningModule):
                 self.final_metrics[f"{SHORT_NAMES[split]}_loss"] = float(self.mean_loss[stage].compute())
         if "test" in logits:
             self.uncalibrated_test_probs = logits["test"][0].softmax(-1)
-        factor, logits, self.calibration_report = calibrate(logits, self.hparams["calibration"]["method"])
-        self.classifier.temperature *= factor
+        method = self.hparams["calibration"]["method"]
+        temperature, logits, self.calibration_report = calibrate(
+            logits, method, temperature=self.loaded_temperature
+        )
+        self.classifier.temperature = temperature
         outputs = {split: (values.softmax(-1), labels) for split, (values, labels) in logits.items()}
         min_precision = (self.decision or {}).get("min_precision")
         if min_precision is not None and "validation" in outputs:
