@@ -1,7 +1,8 @@
 """An ONNX export over protobuf's 2 GB, end to end: a random-weight GPT-2-shaped classifier just over
 2 GB in fp32 (emb_dim 1280 as gpt2-large, 25 blocks: 556 M parameters) is exported with external data,
-loaded as `predict.py` and `serve.py` load it (`load_predictor`), and its logits compared with the
-torch model's. Prints the time, the disk and the peak memory; writes a JSON line with them.
+loaded as `predict.py` loads it (`load_predictor`) and its logits compared with the torch model's,
+then served by `serve.py` and asked over HTTP. Prints the time, the disk and the peak memory as
+one JSON line.
 
     OMP_NUM_THREADS=2 python bench/onnx_external_data.py --out /tmp/big   # needs ~5 GB disk, ~12 GB RAM
 
@@ -12,9 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import shutil
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -44,6 +49,26 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: kilobytes
 
 
+def served_probabilities(model: Path, texts: list[str]) -> tuple[list[dict], float]:
+    """`serve.py model --port 0` in a subprocess, one `POST /predict`: the answers and the start time."""
+    serve = Path(__file__).resolve().parents[1] / "serve.py"
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, str(serve), str(model), "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        address = re.search(r"on (http://\S+)$", proc.stdout.readline().strip()).group(1)
+        start_seconds = time.perf_counter() - started
+        request = urllib.request.Request(
+            f"{address}/predict", json.dumps({"texts": texts}).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return json.loads(response.read())["predictions"], start_seconds
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="a folder for model.onnx and its data")
@@ -69,6 +94,13 @@ def main() -> None:
         expected = classifier(ids, lengths)
     got = predictor.classifier(ids, lengths)
     difference = float((got - expected).abs().max())
+    del predictor
+    served, serve_start_seconds = served_probabilities(out, TEXTS)
+    served_difference = max(
+        abs(answer["probabilities"][name] - p)
+        for answer, row in zip(served, expected.softmax(-1).tolist(), strict=True)
+        for name, p in zip(classifier.class_names, row, strict=True)
+    )
     result = {
         "parameters": parameters,
         "export_seconds": round(export_seconds, 1),
@@ -77,11 +109,13 @@ def main() -> None:
         "data_bytes": data_file.stat().st_size,
         "written_bytes": sizes["fp32_bytes"],
         "max_logit_difference": difference,
+        "serve_start_seconds": round(serve_start_seconds, 1),
+        "served_max_probability_difference": served_difference,
         "peak_rss_gb": round(peak_rss_gb(), 1),
         "threads": torch.get_num_threads(),
     }
     print(json.dumps(result), flush=True)
-    assert difference < 1e-4, difference
+    assert difference < 1e-4 and served_difference < 1e-4, (difference, served_difference)
     if not args.keep:
         shutil.rmtree(args.out)
 
