@@ -13,7 +13,12 @@ from helpers import TINY_OVERRIDES, train_config
 from gpt_classifier.deploy.predictor import predict_texts
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.checkpoint import load_classifier, read_checkpoint
-from gpt_classifier.training.calibration import calibrate, calibration_scores, fit_temperature
+from gpt_classifier.training.calibration import (
+    calibrate,
+    calibration_scores,
+    fit_temperature,
+    reliability_bins,
+)
 from gpt_classifier.training.task import train
 
 WORDS = ["see", "you", "at", "lunch", "home", "bus", "call", "later", "work", "film", "game", "coffee"]
@@ -142,3 +147,11 @@ def test_evaluating_the_checkpoint_gives_the_same_numbers(calibrated_run, noisy_
     report = json.loads((tmp_path / "classification_report.json").read_text())["calibration"]
     assert report["ece_after"] == pytest.approx(config["ece_after"], abs=1e-6)
     assert report["nll_before"] == pytest.approx(config["nll_before"], abs=1e-6)
+
+
+def test_reliability_bins_on_hand_made_probabilities():
+    probs = torch.tensor([[0.95, 0.05], [0.05, 0.95], [0.6, 0.4], [0.45, 0.55]])
+    labels = torch.tensor([0, 0, 0, 0])  # right, wrong, right, wrong
+    confidence, accuracy, counts = reliability_bins(probs, labels, bins=10)
+    assert confidence == pytest.approx([0.55, 0.6, 0.95])  # the bins [0.5, 0.6), [0.6, 0.7), [0.9, 1]
+    assert accuracy == [0.0, 1.0, 0.5] and counts == [1, 1, 2]

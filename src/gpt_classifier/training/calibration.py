@@ -113,10 +113,12 @@ def plot_reliability(
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
     for probs, name, marker in ((before, "before", "o"), (after, f"after (T={temperature:.2f})", "s")):
-        confidence, accuracy, _ = reliability_bins(probs, labels)
+        confidence, accuracy, counts = reliability_bins(probs, labels)
         ece = calibration_scores(probs.clamp_min(1e-12).log(), labels)["ece"]
-        ax.plot(confidence, accuracy, marker=marker, label=f"{name}: ECE {ece:.3f}")
-    ax.set_xlabel("Confidence (top class probability)")
+        (line,) = ax.plot(confidence, accuracy, alpha=0.5, label=f"{name}: ECE {ece:.3f}")
+        sizes = [12 + 200 * count / len(labels) for count in counts]  # a bin's share of the texts
+        ax.scatter(confidence, accuracy, s=sizes, marker=marker, color=line.get_color())
+    ax.set_xlabel("Confidence (top class probability)\nmarker area: share of the texts in the bin")
     ax.set_ylabel("Accuracy")
     ax.set_title("Reliability, test split")
     ax.legend()
