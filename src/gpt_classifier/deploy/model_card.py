@@ -93,7 +93,7 @@ def card_body(classifier, model, finetune, dataset, rows, metrics, report) -> st
         else f"'{positive}' when its probability is >= {threshold:.4f}"
     )
     split = ", ".join(f"{split} {count:,}" for split, count in rows.items()) or "not recorded"
-    calibration = report.get("calibration") or {}
+    calibration = report
     lines = [
         f"# Text classifier: {', '.join(classifier.class_names)} (GPT-2 architecture, gpt-classifier)",
         "",

@@ -154,7 +154,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.test:
         calibration = {"temperature": classifier.temperature, **module.calibration_report}
         write_json_atomic(
-            {**module.test_report, **module.test_scores, "calibration": calibration},
+            {**module.test_report, **module.test_scores, **calibration},
             out_dir / "classification_report.json",
         )
         plots.append(write_confusion_matrix(module, trainer, out_dir))
