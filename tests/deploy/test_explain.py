@@ -9,13 +9,16 @@ import random
 
 import numpy as np
 import pytest
-from helpers import PREDICT_PY, TINY_OVERRIDES, run_many, train_config
+import torch
+from helpers import PREDICT_PY, TINY_MODEL, TINY_OVERRIDES, run_many, train_config
 from test_serve import CHROMIUM, Server, chromium, request
 
+from gpt_classifier.data.tokenizer import get_tokenizer
 from gpt_classifier.deploy.explain import explain_texts
 from gpt_classifier.deploy.onnx_export import export_onnx
 from gpt_classifier.deploy.predictor import load_predictor
 from gpt_classifier.model.checkpoint import load_classifier
+from gpt_classifier.model.classifier import build_classifier
 from gpt_classifier.training.task import train
 
 WORDS = ["see", "you", "at", "lunch", "home", "bus", "call", "later", "work", "film", "game", "coffee"]
@@ -187,3 +190,30 @@ def test_the_page_explain_toggle_highlights_words(server):
         assert browser.find_element(By.CSS_SELECTOR, "#result .label").text == "spam"
     finally:
         browser.quit()
+
+
+def test_scores_are_probability_drops_in_the_padded_layout():
+    """The book's layout (padded to max_length, read at the last position): each score is the
+    predicted class's probability minus its probability with that token replaced by the pad token."""
+    torch.manual_seed(0)
+    data = {"max_length": 12, "padding": "max_length"}
+    classifier = build_classifier(TINY_MODEL, ["ham", "spam"], {"policy": "all"}, {"position": "last"}, data)
+    with torch.no_grad():
+        for param in classifier.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+    classifier.eval()
+    text = "see you at the prize lunch"
+    (explanation,) = explain_texts([text], classifier)
+    ids = get_tokenizer().encode_ordinary(text)
+    target = classifier.class_names.index(explanation.prediction.label)
+
+    def probability(token_ids):
+        padded = torch.full((1, 12), 50256)
+        padded[0, : len(token_ids)] = torch.tensor(token_ids)
+        with torch.no_grad():
+            return float(classifier(padded, torch.tensor([len(token_ids)])).softmax(-1)[0, target])
+
+    assert explanation.prediction.probability == pytest.approx(probability(ids), abs=1e-6)
+    drops = [probability([*ids[:i], 50256, *ids[i + 1 :]]) for i in range(len(ids))]
+    expected = [probability(ids) - drop for drop in drops]
+    np.testing.assert_allclose([t.score for t in explanation.tokens], expected, atol=1e-6)

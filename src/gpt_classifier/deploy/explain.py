@@ -18,7 +18,7 @@ import torch
 from captum.attr import FeatureAblation
 from torch import Tensor
 
-from gpt_classifier.data.encoding import encode_texts, pad_batch
+from gpt_classifier.data.encoding import encode_texts
 from gpt_classifier.data.tokenizer import get_tokenizer
 from gpt_classifier.deploy.predictor import Classifier, Prediction, predict_texts
 
@@ -54,15 +54,13 @@ def token_spans(text: str, ids: list[int]) -> list[tuple[int, int]]:
 
 def occlusion_scores(classifier: Classifier, ids: list[int], target: int, width: int | None) -> Tensor:
     """How much `target`'s probability drops when each token is replaced by the pad token."""
-    pad = classifier.pad_token_id
+    pad, length = classifier.pad_token_id, len(ids)
 
     def probabilities(batch: Tensor) -> Tensor:
-        rows = batch.shape[0]
-        padded, _ = pad_batch([[0] * len(ids)], pad, width)
-        inputs = padded.repeat(rows, 1).fill_(pad)
-        inputs[:, : len(ids)] = batch
-        lengths = torch.full((rows,), len(ids), dtype=torch.long)
-        return classifier(inputs, lengths).float().softmax(-1)
+        """The class probabilities of occluded copies, padded as prediction pads the text."""
+        inputs = torch.full((batch.shape[0], width or length), pad, dtype=torch.long)
+        inputs[:, :length] = batch
+        return classifier(inputs, torch.full((batch.shape[0],), length)).float().softmax(-1)
 
     ablation = FeatureAblation(probabilities)
     with torch.no_grad():
