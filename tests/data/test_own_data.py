@@ -42,7 +42,13 @@ def test_three_class_csv_trains_and_predicts_class_names(tmp_path):
     assert list(rows) == ["cooking", "sports", "weather"]
     assert sum(row["support"] for row in rows.values()) == 120
     assert all(0 <= row["f1"] <= 1 for row in rows.values())
-    assert set(report) - set(rows) == {"roc_auc", "average_precision", "ece"}  # macro one-vs-rest
+    calibration = {"temperature", "ece_before", "ece_after", "nll_before", "nll_after"}  # docs/trust.md
+    assert set(report) - set(rows) == {
+        "roc_auc",
+        "average_precision",
+        "ece",
+        *calibration,
+    }  # macro one-vs-rest
     assert (run_dir / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     texts = tmp_path / "texts.txt"

@@ -203,7 +203,16 @@ def test_export_cli(checkpoints, tmp_path):
     jobs = {
         "hf": [str(flexible), "--format", "hf", "--out", str(tmp_path / "hf")],
         "onnx": [str(flexible), "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
-        "int8": [str(book), "--format", "onnx", "--out", str(tmp_path / "q.onnx"), "--quantize", "int8"],
+        "int8": [
+            str(book),
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "q.onnx"),
+            "--quantize",
+            "int8",
+            "--force",
+        ],
         "refused": [str(book), "--format", "hf", "--out", str(tmp_path / "refused")],
         "missing": [str(tmp_path / "missing.ckpt"), "--format", "onnx", "--out", str(tmp_path / "x.onnx")],
         "bad_suffix": [str(flexible), "--format", "onnx", "--out", str(tmp_path / "model.bin")],

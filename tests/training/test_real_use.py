@@ -204,7 +204,11 @@ def test_the_checkpoint_carries_the_threshold_to_prediction(thresholded_run):
     run_dir, metrics = thresholded_run
     best = next((run_dir / "checkpoints").glob("epoch*.ckpt"))
     decision = read_checkpoint(best)["decision"]
-    assert decision == {"positive_class": 1, "threshold": metrics["threshold"]}
+    assert decision == {
+        "positive_class": 1,
+        "threshold": metrics["threshold"],
+        "temperature": metrics["temperature"],
+    }
     last = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["decision"]
     assert last["threshold"] in (metrics["threshold"], None)  # the best itself, or a later epoch (argmax)
     classifier = load_classifier(best)

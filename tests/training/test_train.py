@@ -31,6 +31,7 @@ METRICS_JSON_KEYS = {
     "examples_seen",
     "train_seconds",
     "threshold",  # two classes: 0.5, argmax
+    "temperature",  # calibration=temperature (the default): fitted on validation
     "epochs_trained",
 }
 
@@ -203,6 +204,7 @@ def test_evaluate_checkpoint_reproduces_the_run(run, sms_split_dir, tiny_train_c
         "examples_seen",
         "train_seconds",
         "threshold",
+        "temperature",
         "epochs_trained",
     }
     assert written["threshold"] == trained["threshold"] == 0.5  # argmax

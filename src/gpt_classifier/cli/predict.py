@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from gpt_classifier.cli.one_line_errors import OneLineParser, run_main
-from gpt_classifier.deploy.predictor import Prediction, load_predictor
+from gpt_classifier.deploy.predictor import Prediction, Predictor, load_predictor
 from gpt_classifier.errors import GPTClassifierError
 
 
@@ -132,6 +133,12 @@ def parse_args(argv: Sequence[str] | None) -> object:
         "(default: the model's own, else the most probable class)",
     )
     parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="mark each text's strongest tokens toward its label (colour on a terminal, [[...]] otherwise); "
+        "with --json: every token with its character offsets and score",
+    )
+    parser.add_argument(
         "--max-length",
         type=positive(int, "positive integer"),
         help="tokens per sequence read: the cut text, or each window with data.long_texts=windows "
@@ -185,6 +192,9 @@ def cli(argv: Sequence[str] | None = None) -> None:
         from gpt_classifier.deploy.scoring import check_threshold
 
         check_threshold(predictor.class_names, args.threshold)
+    if args.explain:
+        print_explanations(predictor, texts, args)
+        return
     predictions = predictor.predict(texts, args.batch_size, args.threshold, args.max_length)
     print("\n".join(map(json_line if args.json else tsv_line, predictions)), flush=True)
 
@@ -211,6 +221,32 @@ def score_table(args: argparse.Namespace) -> None:
     file_options = FileOptions(args.chunk_rows, not args.no_header, args.encoding, args.on_bad_row)
     summary = score_file(args.model, args.input, args.output, options, file_options, args.device)
     print(summary.line(Path(args.output), args.on_bad_row), file=sys.stderr)
+
+
+def print_explanations(predictor: Predictor, texts: list[str], args) -> None:
+    """`--explain`: per text, its label and probability and the text with the strongest tokens marked
+    (or, with --json, the prediction and every token's offsets and score)."""
+    try:
+        from gpt_classifier.deploy.explain import explain_texts, marked_text
+    except ImportError as err:
+        raise GPTClassifierError(
+            f"--explain needs {err.name}, which is not installed: pip install -e '.[explain]'"
+        ) from None
+    explanations = explain_texts(
+        texts, predictor.classifier, max_length=args.max_length, threshold=args.threshold
+    )
+    color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    for explanation in explanations:
+        p = explanation.prediction
+        if args.json:
+            print(
+                json.dumps(
+                    {**asdict(p), "tokens": [asdict(t) for t in explanation.tokens]}, ensure_ascii=False
+                )
+            )
+        else:
+            print(tsv_line(Prediction(marked_text(explanation, color=color), p.label, p.probability)))
+    sys.stdout.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="server processes on the one port, each with its own model and cores // N threads "
         "(default: %(default)s)",
     )
+    add(
+        "--max-explain-texts",
+        type=positive_int,
+        default=default.max_explain_texts,
+        help="most texts in one POST /explain (about one forward pass per token each; default: %(default)s)",
+    )
     add("--access-log", action=argparse.BooleanOptionalAction, default=True, help="a log line per request")
     args = parser.parse_args(argv)
     if args.max_wait_ms < 0:
@@ -92,7 +98,13 @@ def listen(host: str, port: int) -> socket.socket:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
-    limits = Limits(args.max_batch_size, args.max_wait_ms, args.max_body_bytes, args.max_texts)
+    limits = Limits(
+        args.max_batch_size,
+        args.max_wait_ms,
+        args.max_body_bytes,
+        args.max_texts,
+        max_explain_texts=args.max_explain_texts,
+    )
     try:
         predictor = load_predictor(args.checkpoint, args.device)  # a .ckpt or an .onnx
         sock = listen(args.host, args.port)

@@ -5,7 +5,9 @@ that is our `classifier.position=flexible` (and `last` without padding, which `R
 turns into `flexible`). Whatever it cannot reproduce (another position, mean pooling, no causal
 mask, another pad token) is refused in one line. Its `score` head has no bias while our `out_head`
 has one: since `final_norm` feeds only the head, the bias moves exactly into `final_norm`'s bias
-(`W @ delta = b`, solvable when the head's rows are independent; checked).
+(`W @ delta = b`, solvable when the head's rows are independent; checked). The calibration
+temperature T is folded into `score` (logits are linear in the head: `(W / T) h`, and `delta` is the
+same for `W / T` and `b / T`), so `pipeline()` gives the calibrated probabilities.
 
 Only safetensors and JSON are needed to write the folder; `transformers` reads it.
 """
@@ -75,7 +77,8 @@ def folded_final_norm_bias(classifier: TextClassifier) -> Tensor:
 
 def hf_state_dict(classifier: TextClassifier) -> dict[str, Tensor]:
     """`GPT2ForSequenceClassification`'s tensors: `transformer.*` (Conv1D weights transposed, the three
-    attention projections in one `c_attn`) and `score.weight`; the head's bias folded into `ln_f`."""
+    attention projections in one `c_attn`) and `score.weight` (divided by the temperature); the head's
+    bias folded into `ln_f`."""
     model = classifier.model
     state: dict[str, Tensor] = {}
     attention: dict[str, list[Tensor | None]] = {}
@@ -95,7 +98,7 @@ def hf_state_dict(classifier: TextClassifier) -> dict[str, Tensor]:
         state[f"transformer.h.{block}.attn.c_attn.weight"] = torch.cat(weight, dim=-1)
         state[f"transformer.h.{block}.attn.c_attn.bias"] = torch.cat(bias, dim=-1)
     state["transformer.ln_f.bias"] = folded_final_norm_bias(classifier)
-    state["score.weight"] = model.out_head.weight.detach()
+    state["score.weight"] = model.out_head.weight.detach() / classifier.temperature
     return {key: value.float().contiguous() for key, value in state.items()}
 
 
@@ -197,8 +200,11 @@ def model_card(classifier: TextClassifier) -> str:
     )
 
 
-def export_hf(classifier: TextClassifier, out: str | Path) -> list[Path]:
-    """Write the Hugging Face folder `out` (each file atomically); the files written."""
+def export_hf(
+    classifier: TextClassifier, out: str | Path, *, checkpoint: str | Path | None = None
+) -> list[Path]:
+    """Write the Hugging Face folder `out` (each file atomically); the files written. With the
+    `checkpoint` it came from, also its model card, `README.md` (see `model_card`)."""
     problem = hf_problem(classifier)
     if problem:
         raise GPTClassifierError(f"transformers cannot reproduce this classifier: {problem}")
@@ -215,6 +221,11 @@ def export_hf(classifier: TextClassifier, out: str | Path) -> list[Path]:
     for name, content in tokenizer_files(classifier).items():
         write_json_atomic(content, out / name)
         written.append(out / name)
-    card = model_card(classifier).encode()
-    replace_atomically(out / "README.md", lambda f: f.write(card))
-    return [*written, out / "README.md"]
+    if checkpoint is None:
+        card = model_card(classifier)
+        replace_atomically(out / "README.md", lambda f: f.write(card.encode()))
+        return [*written, out / "README.md"]
+    from gpt_classifier.deploy.model_card import card_text, hf_usage, write_card
+
+    usage = hf_usage(str(out)) + "\n\n" + long_texts_note(classifier)
+    return [*written, write_card(card_text(classifier, checkpoint, usage=usage), out / "README.md")]

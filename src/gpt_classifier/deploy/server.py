@@ -1,4 +1,5 @@
-"""Serve a trained classifier over HTTP: `POST /predict`, `GET /health`, `GET /stats` and a page at `/`.
+"""Serve a trained classifier over HTTP: `POST /predict`, `POST /explain`, `GET /health`, `GET /stats`
+and a page at `/`.
 
 FastAPI + uvicorn (see README "Serve" for why). Concurrent requests share forward passes through a
 `Batcher` (dynamic batching, batching.py). Every bad request gets a 4xx with `{"error": reason}` and
@@ -36,6 +37,7 @@ class Limits:
     max_wait_ms: float = 5.0
     max_body_bytes: int = 1_000_000
     max_texts: int = 256
+    max_explain_texts: int = 8  # each costs about one forward pass per token (deploy/explain.py)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -52,7 +54,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def parse_texts(body: bytes, max_texts: int) -> list[str]:
+def parse_texts(body: bytes, max_texts: int, option: str = "--max-texts") -> list[str]:
     """The texts of a `/predict` body, or an HTTPException naming what is wrong and how to fix it."""
     try:
         data = json.loads(body)
@@ -74,7 +76,7 @@ def parse_texts(body: bytes, max_texts: int) -> list[str]:
         if not texts:
             raise HTTPException(422, f"texts is an empty list: {USAGE}")
         if len(texts) > max_texts:
-            limit = f"the limit of {max_texts} per request (--max-texts)"
+            limit = f"the limit of {max_texts} per request ({option})"
             raise HTTPException(413, f"{len(texts)} texts is over {limit}: send them in several requests")
         names = [f"texts[{i}]" for i in range(len(texts))]
     for name, text in zip(names, texts, strict=True):
@@ -143,4 +145,31 @@ def create_app(predictor: Predictor, limits: Limits | None = None) -> FastAPI:
             raise HTTPException(500, f"prediction failed: {type(err).__name__}: {err}") from None
         return {"predictions": [answer(p) for p in predictions]}
 
+    @app.post("/explain")
+    async def explain(request: Request) -> dict[str, Any]:
+        body = await read_body(request, limits.max_body_bytes)
+        texts = parse_texts(body, limits.max_explain_texts, "--max-explain-texts")
+        return {"explanations": await explanations(predictor, texts)}
+
     return app
+
+
+async def explanations(predictor: Predictor, texts: list[str]) -> list[dict[str, Any]]:
+    """Each text's prediction and `[{"token", "start", "end", "score"}]`, computed off the event loop."""
+    try:
+        from gpt_classifier.deploy.explain import explain_texts
+    except ImportError as err:
+        raise HTTPException(501, f"explanations need {err.name}: pip install -e '.[explain]'") from None
+    try:
+        explained = await asyncio.to_thread(explain_texts, texts, predictor.classifier)
+    except Exception as err:
+        raise HTTPException(500, f"explanation failed: {type(err).__name__}: {err}") from None
+    return [
+        {
+            "label": e.prediction.label,
+            "probability": e.prediction.probability,
+            "probabilities": e.prediction.probabilities,
+            "tokens": [asdict(token) for token in e.tokens],
+        }
+        for e in explained
+    ]

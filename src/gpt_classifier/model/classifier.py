@@ -120,6 +120,7 @@ class TextClassifier(nn.Module):
         long_texts: LongTexts | None = None,
         multi_label: bool = False,
         thresholds: list[float] | None = None,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         # How a text longer than max_length is read (truncated, head and tail, or windows aggregated).
@@ -138,6 +139,9 @@ class TextClassifier(nn.Module):
         # Several labels per text: a sigmoid per label, and one threshold per label (None: 0.5 each).
         self.multi_label = multi_label
         self.thresholds = thresholds
+        # Calibration: the logits are divided by it before softmax (1: as trained). Fitted on the
+        # validation split after training (`calibration=temperature`); argmax is unchanged by it.
+        self.temperature = temperature
 
     def decide(self, probabilities: Tensor, threshold: float | None = None) -> Tensor:
         """The predicted class per row of `probabilities` (see `decide`); `threshold` overrides the own."""
@@ -152,15 +156,20 @@ class TextClassifier(nn.Module):
 
     def decision(self) -> dict[str, Any]:
         """The decision settings, as a checkpoint's top-level `decision` holds them."""
-        decision: dict[str, Any] = {"positive_class": self.positive_class, "threshold": self.threshold}
+        decision: dict[str, Any] = {
+            "positive_class": self.positive_class,
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+        }
         return {**decision, "thresholds": self.thresholds} if self.multi_label else decision
 
     def set_decision(self, decision: dict[str, Any]) -> None:
         """Take a `decision` (a checkpoint's, or training's `decision.*`): its positive class when it
-        names one, and its threshold (None: argmax)."""
+        names one, its threshold (None: argmax) and its temperature (none: 1, uncalibrated)."""
         self.positive_class = decision.get("positive_class", self.positive_class)
         self.threshold = decision.get("threshold")
         self.thresholds = decision.get("thresholds")
+        self.temperature = float(decision.get("temperature") or 1.0)
 
     def settings(self) -> dict[str, Any]:
         """What using the classifier needs besides its weights (JSON): exports carry it (ONNX, HF)."""
@@ -176,10 +185,16 @@ class TextClassifier(nn.Module):
             **self.long_texts.settings(),
             "multi_label": self.multi_label,
             "thresholds": self.thresholds,
+            "temperature": self.temperature,
         }
 
+    def calibrated(self, logits: Tensor) -> Tensor:
+        """`logits / temperature`: what softmax turns into calibrated probabilities (exports trace it)."""
+        return logits if self.temperature == 1.0 else logits / self.temperature
+
     def forward(self, input_ids: Tensor, lengths: Tensor) -> Tensor:
-        """Class logits `[B, classes]` for token ids padded to a common width, `lengths` real tokens each."""
+        """Class logits `[B, classes]` (divided by the temperature) for token ids padded to a common
+        width, `lengths` real tokens each."""
         width = input_ids.shape[1]
         return self.logits_from(
             self.model.embed(input_ids),
@@ -194,7 +209,7 @@ class TextClassifier(nn.Module):
         """Logits from hidden states `x` entering block `start_block` (the cached trunk's output)."""
         pooled = {"mean_over": lengths} if self.reading.pooling == "mean" else {"read_pos": read_pos}
         prefix = needed if self.read_positions_only else None
-        return classify(self.model, x, start_block=start_block, prefix=prefix, **pooled)
+        return self.calibrated(classify(self.model, x, start_block=start_block, prefix=prefix, **pooled))
 
     def logits_from_rows(
         self, rows: Tensor, packing: Packing, *, read_pos: Tensor, lengths: Tensor, start_block: int = 0
@@ -206,7 +221,7 @@ class TextClassifier(nn.Module):
                 x, read_pos=read_pos, lengths=lengths, needed=packing.lengths, start_block=start_block
             )
         pooled = {"mean_over": lengths} if self.reading.pooling == "mean" else {"read_pos": read_pos}
-        return classify_rows(self.model, rows, packing, start_block=start_block, **pooled)
+        return self.calibrated(classify_rows(self.model, rows, packing, start_block=start_block, **pooled))
 
     @property
     def context_length(self) -> int:

@@ -34,6 +34,7 @@ from gpt_classifier.data.windows import aggregate_logits
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.classifier import build_classifier
 from gpt_classifier.model.finetune import count_parameters, first_trainable_block
+from gpt_classifier.training.calibration import calibrate, check_method
 from gpt_classifier.training.callbacks import ClearCacheOnFailure
 from gpt_classifier.training.decision import check_settings, choose_threshold, class_weights, scores
 from gpt_classifier.training.multilabel import multilabel_results, pos_weight
@@ -64,7 +65,8 @@ class GPTClassifier(L.LightningModule):
     saved. `cache_dir`: where the frozen-trunk cache spills past its budget (None: `<the trainer's
     default_root_dir>/cache`). `loss`: `class_weights`, `label_smoothing`, `ignore_index`. `decision`:
     `positive_class` (an index), `min_precision` or `threshold`; None (evaluating a checkpoint): the
-    checkpoint's own threshold.
+    checkpoint's own threshold. `calibration`: `method` none or temperature (fitted on validation
+    after training, before the threshold is chosen).
     """
 
     def __init__(
@@ -80,11 +82,14 @@ class GPTClassifier(L.LightningModule):
         loss: dict | None = None,
         decision: dict | None = None,
         cache_dir: str | Path | None = None,
+        calibration: dict | None = None,
     ) -> None:
         super().__init__()
         settings = {"model": model, "finetune": finetune or {}, "classifier": classifier or {}}
         hparams = {"class_names": list(class_names), "data": data or {}, "loss": loss or {}}
-        self.save_hyperparameters({**settings, **hparams, "decision": decision})
+        calibration = calibration or {"method": "none"}
+        check_method(calibration.get("method", "none"))
+        self.save_hyperparameters({**settings, **hparams, "decision": decision, "calibration": calibration})
         self.classifier = build_classifier(class_names=list(class_names), data=data, **settings)
         self.decision = decision
         self.multi_label = bool((data or {}).get("multi_label"))  # a sigmoid per label, BCE
@@ -111,7 +116,10 @@ class GPTClassifier(L.LightningModule):
         )
         self._add_metrics(len(class_names))
         self.test_outputs: tuple[Tensor, Tensor] | None = None  # test split (probabilities, labels)
+        self.uncalibrated_test_probs: Tensor | None = None  # before the fitted temperature
         self.test_scores: dict[str, float] = {}
+        self.calibration_report: dict[str, float] = {}
+        self.loaded_temperature = 1.0  # the classifier's before the final evaluation
         self.examples_seen = 0
         self.history: list[dict[str, float]] = []
         self.final_metrics: dict[str, float] = {}
@@ -130,7 +138,7 @@ class GPTClassifier(L.LightningModule):
         )
         self.accuracy = nn.ModuleDict({s: accuracy() for s in fit})
         self.mean_loss = nn.ModuleDict({s: MeanMetric() for s in (*fit, *finals)})
-        self.final_probs = nn.ModuleDict({s: CatMetric() for s in finals})
+        self.final_logits = nn.ModuleDict({s: CatMetric() for s in finals})
         self.final_labels = nn.ModuleDict({s: CatMetric() for s in finals})
         self.confusion = MulticlassConfusionMatrix(num_classes, sync_on_compute=False)  # gathered already
 
@@ -201,7 +209,7 @@ class GPTClassifier(L.LightningModule):
         elif stage == "fit_val":
             self.accuracy[stage].update(logits, batch["labels"])
         else:  # final: accuracy once the decision threshold is known
-            self.final_probs[stage].update(self.classifier.probabilities(logits.detach().float()))
+            self.final_logits[stage].update(logits.detach().float())
             self.final_labels[stage].update(batch["labels"])
         self.mean_loss[stage].update(loss.detach(), len(batch["labels"]))
         return loss
@@ -264,24 +272,42 @@ class GPTClassifier(L.LightningModule):
         self.log(f"final/{name}_loss", self.mean_loss[stage], **options)
 
     def on_test_epoch_start(self) -> None:
-        for metric in (*self.final_probs.values(), *self.final_labels.values(), self.confusion):
+        """The final evaluation collects uncalibrated logits (its losses are the model's own); the
+        temperature, fitted or the checkpoint's, is applied at its end."""
+        self.loaded_temperature, self.classifier.temperature = self.classifier.temperature, 1.0
+        for metric in (*self.final_logits.values(), *self.final_labels.values(), self.confusion):
             metric.reset()
 
     def on_test_epoch_end(self) -> None:
-        """The decision threshold (picked on the validation split when `decision.min_precision` is
+        """The temperature (fitted on the validation split with `calibration=temperature`), the decision
+        threshold (picked on the calibrated validation probabilities when `decision.min_precision` is
         set), then `final_metrics` (accuracy with that threshold, and loss, per split) and the test
         split's per-class report and scores."""
-        outputs = {}
+        logits = {}
         for split in SPLITS:
             stage = f"final_{SHORT_NAMES[split]}"
             if self.mean_loss[stage].update_count:
-                probs = self.final_probs[stage].compute().view(-1, len(self.class_names)).cpu()
+                split_logits = self.final_logits[stage].compute().view(-1, len(self.class_names)).cpu()
                 labels = self.final_labels[stage].compute().long().cpu()
-                outputs[split] = (probs, labels.view(len(probs), -1) if self.multi_label else labels)
+                logits[split] = (
+                    split_logits,
+                    labels.view(len(split_logits), -1) if self.multi_label else labels,
+                )
                 self.final_metrics[f"{SHORT_NAMES[split]}_loss"] = float(self.mean_loss[stage].compute())
-        if self.multi_label:
-            self.multilabel_test_end(outputs)
+        if self.multi_label:  # a sigmoid per label: no temperature is fitted
+            self.classifier.temperature = self.loaded_temperature
+            self.multilabel_test_end(
+                {s: (values.sigmoid(), labels) for s, (values, labels) in logits.items()}
+            )
             return
+        if "test" in logits:
+            self.uncalibrated_test_probs = logits["test"][0].softmax(-1)
+        method = self.hparams["calibration"]["method"]
+        temperature, logits, self.calibration_report = calibrate(
+            logits, method, temperature=self.loaded_temperature
+        )
+        self.classifier.temperature = temperature
+        outputs = {split: (values.softmax(-1), labels) for split, (values, labels) in logits.items()}
         min_precision = (self.decision or {}).get("min_precision")
         if min_precision is not None and "validation" in outputs:
             self.classifier.threshold = choose_threshold(

@@ -23,6 +23,7 @@ from gpt_classifier.cpu_threads import apply_threads
 from gpt_classifier.data.datamodule import SPLITS, TextClassificationDataModule
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.checkpoint import classifier_settings, read_hyper_parameters, write_decision
+from gpt_classifier.training.calibration import plot_reliability
 from gpt_classifier.training.callbacks import AtomicCheckpointIO, link_or_copy
 from gpt_classifier.training.decision import ARGMAX_THRESHOLD, positive_index
 from gpt_classifier.training.lightning_module import SHORT_NAMES, GPTClassifier
@@ -94,7 +95,11 @@ def make_module(cfg: DictConfig, datamodule: TextClassificationDataModule) -> GP
         class_names=datamodule.class_names,
         finetune=OmegaConf.to_container(cfg.finetune, resolve=True),
         classifier=OmegaConf.to_container(cfg.classifier, resolve=True),
-        data=datamodule.data_settings(),
+        data={
+            **datamodule.data_settings(),
+            "data_dir": str(Path(datamodule.data_dir).resolve()),  # its validation split checks exports
+            "dataset": describe_dataset(datamodule),  # for the model card
+        },
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(scheduler) if scheduler else None,
         compile_blocks=bool(cfg.get("compile")),
@@ -103,7 +108,14 @@ def make_module(cfg: DictConfig, datamodule: TextClassificationDataModule) -> GP
             **OmegaConf.to_container(cfg.decision, resolve=True),
             "positive_class": positive_index(datamodule.class_names, datamodule.positive_class),
         },
+        calibration=OmegaConf.to_container(cfg.calibration, resolve=True) if "calibration" in cfg else None,
     )
+
+
+def describe_dataset(datamodule: TextClassificationDataModule) -> dict[str, object]:
+    """What the model card says of the data: the data module's first docstring line and the split sizes."""
+    about = (type(datamodule).__doc__ or type(datamodule).__name__).strip().splitlines()[0]
+    return {"about": about, "rows": {split: len(data) for split, data in datamodule.datasets.items()}}
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -129,17 +141,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {key: module.final_metrics[key] for key in METRIC_KEYS if cfg.test}
     if not trainer.is_global_zero:
         return metrics
+    classifier = module.classifier
     if module.multi_label:  # a threshold per label, chosen on validation
-        thresholds = module.classifier.thresholds
-        if thresholds is not None:
-            metrics["thresholds"] = dict(zip(module.class_names, thresholds, strict=True))
-            if cfg.train and best:
-                save_decision(module, best)
+        if classifier.thresholds is not None:
+            metrics["thresholds"] = dict(zip(module.class_names, classifier.thresholds, strict=True))
     elif len(module.class_names) == 2:
-        threshold = module.classifier.threshold
-        metrics["threshold"] = ARGMAX_THRESHOLD if threshold is None else threshold
-        if cfg.train and best and threshold is not None:
-            save_decision(module, best)
+        metrics["threshold"] = ARGMAX_THRESHOLD if classifier.threshold is None else classifier.threshold
+    metrics["temperature"] = classifier.temperature
+    decided = classifier.threshold is not None or classifier.thresholds is not None
+    if cfg.train and best and (decided or classifier.temperature != 1):
+        save_decision(module, best)
     metrics.update(examples_seen=examples_seen, train_seconds=round(train_seconds, 2))
     metrics["epochs_trained"] = history[-1]["epoch"] if history else 0
     write_outputs(cfg, module, trainer, metrics=metrics, history=history, evaluated=evaluated)
@@ -204,14 +215,17 @@ def write_outputs(
     write_json_atomic(metrics, out_dir / "metrics.json")
     plots = plot_history(history, out_dir)
     if cfg.test:
+        calibration = {"temperature": module.classifier.temperature, **module.calibration_report}
         write_json_atomic(
-            {**module.test_report, **module.test_scores}, out_dir / "classification_report.json"
+            {**module.test_report, **module.test_scores, **calibration},
+            out_dir / "classification_report.json",
         )
         if module.multi_label:
             plots.append(write_per_label(module, trainer, out_dir))
         else:
             plots.append(write_confusion_matrix(module, trainer, out_dir))
             plots += write_curves(module, trainer, out_dir)
+            plots += write_reliability(module, out_dir)
     files = [out_dir / "metrics.json", out_dir / "classification_report.json", *plots]
     log_artifacts(trainer.loggers, files)
     report(metrics, out_dir, evaluated, plots)
@@ -221,8 +235,9 @@ def write_outputs(
 
 
 def save_decision(module: GPTClassifier, best: str) -> None:
-    """Rewrite the best checkpoint with the threshold chosen after training, and `last.ckpt` too when it
-    is the same file (a hard link); a `last.ckpt` of a later epoch is another model: it keeps argmax."""
+    """Rewrite the best checkpoint with the temperature and threshold chosen after training, and
+    `last.ckpt` too when it is the same file (a hard link); a `last.ckpt` of a later epoch is another
+    model: it keeps argmax and no temperature."""
     last = Path(best).with_name("last.ckpt")
     same = last.is_file() and os.path.samefile(best, last)
     write_decision(best, module.classifier.decision())
@@ -242,6 +257,15 @@ def write_curves(module: GPTClassifier, trainer: L.Trainer, out_dir: Path) -> li
                 tag = f"test/pr_curve/{names[index]}"
                 logger.experiment.add_pr_curve(tag, labels == index, probs[:, index], trainer.global_step)
     return plot_curves(probs, labels, names, positive, out_dir)
+
+
+def write_reliability(module: GPTClassifier, out_dir: Path) -> list[Path]:
+    """`reliability.png` of the test split, before and after the fitted temperature (when one was)."""
+    if not module.calibration_report or module.test_outputs is None:
+        return []
+    probs, labels = module.test_outputs
+    before, temperature = module.uncalibrated_test_probs, module.classifier.temperature
+    return [plot_reliability(before, probs, labels, temperature, out_dir)]
 
 
 def write_confusion_matrix(module: GPTClassifier, trainer: L.Trainer, out_dir: Path) -> Path:
