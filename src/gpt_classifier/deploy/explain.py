@@ -13,14 +13,18 @@ GPT-2's byte-level BPE decodes back to the exact text, so `text[start:end]` is t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from captum.attr import FeatureAblation
 from torch import Tensor
 
-from gpt_classifier.data.encoding import encode_texts
+from gpt_classifier.data.long_texts import bounded_prefix_tokens
 from gpt_classifier.data.tokenizer import get_tokenizer
-from gpt_classifier.deploy.predictor import Classifier, Prediction, predict_texts
+from gpt_classifier.deploy.predictor import Prediction, Scorer, as_scorer, predict_texts
+
+if TYPE_CHECKING:
+    from gpt_classifier.model.classifier import TextClassifier
 
 PERTURBATIONS_PER_PASS = 64  # occluded copies of a text per forward pass
 
@@ -52,15 +56,16 @@ def token_spans(text: str, ids: list[int]) -> list[tuple[int, int]]:
     return [(min(start, len(text)), min(end, len(text))) for start, end in zip(starts, ends, strict=True)]
 
 
-def occlusion_scores(classifier: Classifier, ids: list[int], target: int, width: int | None) -> Tensor:
+def occlusion_scores(scorer: Scorer, ids: list[int], target: int, width: int | None) -> Tensor:
     """How much `target`'s probability drops when each token is replaced by the pad token."""
-    pad, length = classifier.pad_token_id, len(ids)
+    pad, length = scorer.pad_token_id, len(ids)
 
     def probabilities(batch: Tensor) -> Tensor:
         """The class probabilities of occluded copies, padded as prediction pads the text."""
         inputs = torch.full((batch.shape[0], width or length), pad, dtype=torch.long)
         inputs[:, :length] = batch
-        return classifier(inputs, torch.full((batch.shape[0],), length)).float().softmax(-1)
+        lengths = torch.full((batch.shape[0],), length)
+        return torch.from_numpy(scorer.probabilities(scorer.logits(inputs.numpy(), lengths.numpy())))
 
     ablation = FeatureAblation(probabilities)
     with torch.no_grad():
@@ -75,24 +80,27 @@ def occlusion_scores(classifier: Classifier, ids: list[int], target: int, width:
 
 def explain_texts(
     texts: list[str],
-    classifier: Classifier,
+    classifier: Scorer | TextClassifier,
     *,
     max_length: int | None = None,
     threshold: float | None = None,
 ) -> list[Explanation]:
     """The prediction of each text and its tokens' scores, in input order (texts truncated as in
     prediction: only the tokens the classifier reads are scored; `threshold` as in `predict_texts`)."""
-    predictions = predict_texts(texts, classifier, max_length=max_length, threshold=threshold)
-    limit = min(max_length or classifier.max_length or classifier.context_length, classifier.context_length)
-    width = limit if classifier.padding == "max_length" else None
+    scorer = as_scorer(classifier)
+    predictions = predict_texts(texts, scorer, max_length=max_length, threshold=threshold)
+    limit = min(max_length or scorer.max_length or scorer.context_length, scorer.context_length)
+    width = limit if scorer.padding == "max_length" else None
+    tokenizer = get_tokenizer()
     explanations = []
-    for text, prediction, ids in zip(
-        texts, predictions, encode_texts(get_tokenizer(), texts, limit), strict=True
-    ):
+    for text, prediction in zip(texts, predictions, strict=True):
         explanation = Explanation(prediction)
+        ids = bounded_prefix_tokens(tokenizer, text, limit)
         if ids:
-            target = classifier.class_names.index(prediction.label)
-            scores = occlusion_scores(classifier, ids, target, width).tolist()
+            names = scorer.class_names  # several labels: the most probable one is explained
+            most_probable = max(names, key=prediction.probabilities.__getitem__)
+            target = names.index(prediction.label if prediction.label in names else most_probable)
+            scores = occlusion_scores(scorer, ids, target, width).tolist()
             explanation.tokens = [
                 TokenScore(text[start:end], start, end, score)
                 for (start, end), score in zip(token_spans(text, ids), scores, strict=True)
