@@ -35,6 +35,7 @@ from gpt_classifier.training.lightning_module import GPTClassifier
 SERVE_PY = ROOT / "serve.py"
 SPAM = "You are a winner you have been specially selected to receive $1000 cash or a $2000 award."
 HAM = "Hey, just wanted to check if we're still on for dinner tonight? Let me know!"
+JSON = {"Content-Type": "application/json"}
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
@@ -123,6 +124,8 @@ def server(checkpoint):
 def request(port: int, method: str, path: str, body: bytes | None = None, **headers) -> tuple[int, dict, str]:
     """One request on a new connection: (status, JSON body or {}, raw body)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    if body is not None:
+        headers = {"Content-Type": "application/json", **headers}
     try:
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
@@ -174,7 +177,8 @@ BIG_BODY = json.dumps({"texts": ["x" * 1000] * 1100}).encode()  # 1.1 MB
     ("body", "status", "reason"),
     [
         (b'{"texts": ["unclosed"', 400, "body is not valid JSON"),
-        (b"\xff\xfe\x00", 400, "body is not valid JSON"),
+        (b"\xff\xfe\x00", 400, "body is not UTF-8"),
+        ('{"text": "spam?"}'.encode("utf-16"), 400, "body is not UTF-8"),
         (b"", 400, "body is not valid JSON"),
         (b"[" * 100_000, 400, "body is not valid JSON"),  # too deep for Python's parser
         (b'["a list"]', 422, "body is a list"),
@@ -188,6 +192,9 @@ BIG_BODY = json.dumps({"texts": ["x" * 1000] * 1100}).encode()  # 1.1 MB
         (b'{"text": {"a": 1}}', 422, "text is an object, not a string"),
         (b'{"text": ""}', 422, "text is empty"),
         (b'{"texts": ["ok", "  \\n "]}', 422, "texts[1] is empty"),
+        (b'{"text": "\\u0000\\u0000"}', 422, "text is empty (or only invisible characters)"),
+        (b'{"texts": ["ok", "\\u200b\\u2060\\ufeff \\u200d"]}', 422, "texts[1] is empty (or only invisible"),
+        (b'{"text": "ok \\ud800 then"}', 422, "text has a lone surrogate '\\ud800' at character 3"),
         (json.dumps(TOO_MANY).encode(), 413, "257 texts is over the limit of 256 per request (--max-texts)"),
         (BIG_BODY, 413, "over the limit of 1000000 bytes (--max-body-bytes)"),
     ],
@@ -207,7 +214,7 @@ def test_a_streamed_body_over_the_limit_is_refused(server):
     """No Content-Length (chunked): the size is checked as the body arrives."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     chunks = (BIG_BODY[i : i + 65536] for i in range(0, len(BIG_BODY), 65536))
-    connection.request("POST", "/predict", body=chunks, encode_chunked=True)
+    connection.request("POST", "/predict", body=chunks, headers=JSON, encode_chunked=True)
     response = connection.getresponse()
     assert response.status == 413
     assert "--max-body-bytes" in json.loads(response.read())["error"]
@@ -241,7 +248,7 @@ def test_a_burst_of_concurrent_clients_is_batched_without_errors(server, texts, 
         for i in range(25):
             text = texts[(number * 25 + i) % len(texts)]
             try:
-                connection.request("POST", "/predict", body=json.dumps({"text": text}))
+                connection.request("POST", "/predict", body=json.dumps({"text": text}), headers=JSON)
                 response = connection.getresponse()
                 body = json.loads(response.read())
                 assert response.status == 200, body
