@@ -10,55 +10,30 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import queue
 import re
 import socket
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-from helpers import ROOT, TINY_MODEL, adamw, cli_env, quiet_trainer, run_many
+from helpers import run_many
+from serve_helpers import JSON, SERVE_PY, Server, assert_matches, post, request, train_tiny_checkpoint
 
 from gpt_classifier.atomic_files import replace_atomically
 from gpt_classifier.cli.serve import listen
-from gpt_classifier.data.sms import SpamDataModule
 from gpt_classifier.data.tokenizer import get_tokenizer
 from gpt_classifier.deploy.predictor import predict_texts
 from gpt_classifier.model.checkpoint import load_classifier
-from gpt_classifier.training.lightning_module import GPTClassifier
 
-SERVE_PY = ROOT / "serve.py"
 SPAM = "You are a winner you have been specially selected to receive $1000 cash or a $2000 award."
 HAM = "Hey, just wanted to check if we're still on for dinner tonight? Let me know!"
-JSON = {"Content-Type": "application/json"}
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(sms_split_dir, tmp_path_factory):
-    """The tiny model, book settings, one epoch: a real `.ckpt` written by Lightning."""
-    dm = SpamDataModule(data_dir=sms_split_dir, urls=[], batch_size=16)
-    dm.prepare_data()
-    dm.setup()
-    torch.manual_seed(0)
-    module = GPTClassifier(
-        TINY_MODEL,
-        dm.class_names,
-        finetune={"policy": "last_block"},
-        classifier={"position": "last"},
-        data={"max_length": dm.max_length, "padding": dm.padding},
-        optimizer=adamw(2e-3),
-    )
-    trainer = quiet_trainer(limit_val_batches=0)
-    trainer.fit(module, datamodule=dm)
-    path = tmp_path_factory.mktemp("serve") / "tiny.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    return train_tiny_checkpoint(sms_split_dir, tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
@@ -75,79 +50,11 @@ def expected(checkpoint, texts):
     return {p.text: p for p in predict_texts(texts, classifier, get_tokenizer(), "cpu")}
 
 
-class Server:
-    """`python serve.py CKPT --port 0 ...` in a subprocess; its stderr (the log) collected in `log`."""
-
-    def __init__(self, checkpoint: Path, *args: str) -> None:
-        command = [sys.executable, str(SERVE_PY), str(checkpoint), "--port", "0", *args]
-        self.proc = subprocess.Popen(
-            command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.log: list[str] = []
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, args=(self.proc.stdout, lines.put), daemon=True).start()
-        threading.Thread(target=self._read, args=(self.proc.stderr, self.log.append), daemon=True).start()
-        try:
-            first = lines.get(timeout=120)
-        except queue.Empty:
-            first = ""
-        match = re.search(r"on http://127\.0\.0\.1:(\d+)$", first)
-        assert match, f"no address in {first!r}; log: {self.log}"
-        self.port = int(match.group(1))
-
-    @staticmethod
-    def _read(stream, sink) -> None:
-        for line in stream:
-            sink(line.rstrip("\n"))
-
-    def logged(self, text: str, timeout: float = 10) -> bool:
-        """Whether a log line contains `text` (waiting for the reader thread to catch up)."""
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.log):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def server(checkpoint):
     running = Server(checkpoint, "--max-wait-ms", "20", "--no-access-log")
     yield running
     running.stop()
-
-
-def request(port: int, method: str, path: str, body: bytes | None = None, **headers) -> tuple[int, dict, str]:
-    """One request on a new connection: (status, JSON body or {}, raw body)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    if body is not None:
-        headers = {"Content-Type": "application/json", **headers}
-    try:
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        raw = response.read().decode()
-    finally:
-        connection.close()
-    is_json = response.getheader("content-type", "").startswith("application/json")
-    return response.status, json.loads(raw) if is_json else {}, raw
-
-
-def post(port: int, data) -> tuple[int, dict]:
-    status, body, _ = request(port, "POST", "/predict", json.dumps(data).encode())
-    return status, body
-
-
-def assert_matches(answer: dict, want) -> None:
-    """One prediction of the API against `predict_texts`'s, to 1e-4."""
-    assert answer["label"] == want.label
-    assert answer["probability"] == pytest.approx(want.probability, abs=1e-4)
-    assert answer["probabilities"].keys() == want.probabilities.keys()
-    for name, p in want.probabilities.items():
-        assert answer["probabilities"][name] == pytest.approx(p, abs=1e-4)
 
 
 def test_health_names_the_classes(server):
