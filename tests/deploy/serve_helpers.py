@@ -21,6 +21,7 @@ from gpt_classifier.training.lightning_module import GPTClassifier
 
 SERVE_PY = ROOT / "serve.py"
 JSON = {"Content-Type": "application/json"}
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 def train_tiny_checkpoint(sms_split_dir: Path, folder: Path) -> Path:
@@ -115,3 +116,25 @@ def assert_matches(answer: dict, want) -> None:
     assert answer["probabilities"].keys() == want.probabilities.keys()
     for name, p in want.probabilities.items():
         assert answer["probabilities"][name] == pytest.approx(p, abs=1e-4)
+
+
+def chromium():
+    """Headless Chromium through Debian's chromedriver (Selenium must not try to download one)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=900,720",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))

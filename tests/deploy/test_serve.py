@@ -13,12 +13,21 @@ import os
 import re
 import socket
 import threading
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from helpers import run_many
-from serve_helpers import JSON, SERVE_PY, Server, assert_matches, post, request, train_tiny_checkpoint
+from serve_helpers import (
+    CHROMIUM,
+    JSON,
+    SERVE_PY,
+    Server,
+    assert_matches,
+    chromium,
+    post,
+    request,
+    train_tiny_checkpoint,
+)
 
 from gpt_classifier.atomic_files import replace_atomically
 from gpt_classifier.cli.serve import listen
@@ -28,7 +37,6 @@ from gpt_classifier.model.checkpoint import load_classifier
 
 SPAM = "You are a winner you have been specially selected to receive $1000 cash or a $2000 award."
 HAM = "Hey, just wanted to check if we're still on for dinner tonight? Let me know!"
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 @pytest.fixture(scope="module")
@@ -229,28 +237,6 @@ def test_cli_errors_are_one_line(cli_errors, name, message):
     assert "Traceback" not in output, result
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result
-
-
-def chromium():
-    """Headless Chromium through Debian's chromedriver (Selenium must not try to download one)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=900,720",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install chromium-driver")

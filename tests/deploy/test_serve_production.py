@@ -14,7 +14,7 @@ import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from serve_helpers import Server, train_tiny_checkpoint
+from serve_helpers import CHROMIUM, Server, chromium, train_tiny_checkpoint
 
 from gpt_classifier.cli.serve import parse_args, security_of
 
@@ -246,3 +246,29 @@ def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path, monkeypatch,
         open_to_all = security_of(parse_args(["m.ckpt", "--host", "0.0.0.0"]))
     assert open_to_all.api_key is None and open_to_all.allowed_hosts == ["*"]
     assert "without an API key" in caplog.text
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install chromium-driver")
+def test_the_page_asks_for_the_key_once(guarded):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = chromium()
+    try:
+        wait = WebDriverWait(browser, 30)
+        browser.get(f"http://127.0.0.1:{guarded.port}/")
+        prompt = wait.until(expected_conditions.alert_is_present())
+        assert "API key" in prompt.text
+        prompt.send_keys(KEY)
+        prompt.accept()
+        wait.until(lambda b: "not spam, spam" in b.find_element(By.ID, "model").text)
+        assert browser.execute_script("return sessionStorage.getItem('apiKey')") == KEY
+        browser.find_element(By.ID, "texts").send_keys("are we still on for dinner?")
+        browser.find_element(By.ID, "classify").click()
+        label = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#result .label"))
+        assert label.text in ("spam", "not spam")
+        browser.refresh()  # the key is kept for the tab: no second question
+        wait.until(lambda b: "not spam, spam" in b.find_element(By.ID, "model").text)
+    finally:
+        browser.quit()
