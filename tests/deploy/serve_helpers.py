@@ -138,3 +138,21 @@ def chromium():
     ):
         options.add_argument(flag)
     return webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+
+
+def call(port: int, method: str, path: str, body: bytes | None = None, key: str | None = None, **headers):
+    """One request on a new connection, JSON by default and with the key: (status, headers, JSON or text)."""
+    headers = {k.replace("_", "-"): v for k, v in headers.items()}
+    if body is not None:
+        headers.setdefault("Content-Type", "application/json")
+    if key is not None:
+        headers.setdefault("Authorization", f"Bearer {key}")
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        raw = response.read().decode()
+    finally:
+        connection.close()
+    is_json = response.getheader("content-type", "").startswith("application/json")
+    return response.status, dict(response.getheaders()), json.loads(raw) if is_json else raw

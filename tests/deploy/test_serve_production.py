@@ -6,7 +6,6 @@ One real server process with a key and short timeouts serves most tests (see `gu
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import socket
@@ -15,6 +14,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serve_helpers import CHROMIUM, Server, chromium, train_tiny_checkpoint
+from serve_helpers import call as call_server
 
 from gpt_classifier.cli.serve import parse_args, security_of
 
@@ -40,22 +40,9 @@ def guarded(checkpoint, tmp_path_factory):
     running.stop()
 
 
-def call(port: int, method: str, path: str, body: bytes | None = None, key: str | None = KEY, **headers):
-    """One request on a new connection, JSON by default and with the key: (status, headers, JSON or text)."""
-    headers = {k.replace("_", "-"): v for k, v in headers.items()}
-    if body is not None:
-        headers.setdefault("Content-Type", "application/json")
-    if key is not None:
-        headers.setdefault("Authorization", f"Bearer {key}")
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        raw = response.read().decode()
-    finally:
-        connection.close()
-    is_json = response.getheader("content-type", "").startswith("application/json")
-    return response.status, dict(response.getheaders()), json.loads(raw) if is_json else raw
+def call(*args, key: str | None = KEY, **headers):
+    """`serve_helpers.call` with this module's key by default."""
+    return call_server(*args, key=key, **headers)
 
 
 def predict(port: int, texts: list[str], **headers):
