@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 
 from fastapi import Request
 from starlette.exceptions import HTTPException
@@ -12,8 +11,24 @@ from starlette.requests import ClientDisconnect
 
 USAGE = 'send {"texts": ["...", ...]} or {"text": "..."}'
 JSON_TYPES = {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}
-# Something a reader can see: not whitespace, not a control character, not a zero-width mark.
-VISIBLE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u00ad\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+# What a reader cannot see: whitespace, control characters, zero-width and direction marks.
+INVISIBLE = "".join(
+    map(
+        chr,
+        [
+            *range(0x00, 0x21),
+            *range(0x7F, 0xA1),
+            0xAD,
+            0x1680,
+            0x180E,
+            *range(0x2000, 0x2010),
+            *range(0x2028, 0x2030),
+            *range(0x205F, 0x2065),
+            0x3000,
+            0xFEFF,
+        ],
+    )
+)
 
 
 class ClientGone(HTTPException):
@@ -84,7 +99,7 @@ def check_text(name: str, text: object) -> None:
     if not isinstance(text, str):
         kind = "null" if text is None else JSON_TYPES.get(type(text), type(text).__name__)
         raise HTTPException(422, f"{name} is {kind}, not a string")
-    if not VISIBLE.search(text):
+    if not text.strip(INVISIBLE):  # str.strip: C speed, even on a million spaces
         raise HTTPException(
             422, f"{name} is empty (or only invisible characters): send some text to classify"
         )
