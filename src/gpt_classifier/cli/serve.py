@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_keep_alive=args.timeout_keep_alive,
         limit_concurrency=args.limit_concurrency,
         h11_max_incomplete_event_size=args.max_header_bytes,
-        timeout_graceful_shutdown=int(args.graceful_timeout),
+        timeout_graceful_shutdown=args.graceful_timeout,  # type: ignore[arg-type]  # a float works
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, exit_cleanly)

@@ -10,6 +10,7 @@ endpoint reads files or code named by a client. See docs/serving.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -29,6 +30,7 @@ from gpt_classifier.deploy.predictor import Prediction, Predictor
 from gpt_classifier.deploy.request_body import ClientGone, parse_texts, read_body
 
 log = logging.getLogger(__name__)
+SMALL_BODY_BYTES = 65_536  # bodies over this (or of unknown size) queue for one slot, not for the loop
 Answer = TypeVar("Answer")
 
 
@@ -155,10 +157,15 @@ def add_model_routes(
     async def get_stats() -> dict[str, Any]:
         return {**batcher.stats.as_dict(), "errors": counts["errors"]}
 
+    big_bodies = asyncio.Semaphore(1)  # one big body read and parsed at a time: small ones never wait
+
     @app.post("/predict")
     async def predict(request: Request) -> dict[str, Any]:
-        body = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
-        texts = await asyncio.to_thread(parse_texts, body, limits.max_texts)  # 1 MB of JSON: off the loop
+        declared = request.headers.get("content-length", "")
+        is_big = not declared.isdigit() or int(declared) > SMALL_BODY_BYTES
+        async with big_bodies if is_big else contextlib.nullcontext():
+            body = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
+            texts = await asyncio.to_thread(parse_texts, body, limits.max_texts)  # 1 MB of JSON: off the loop
         try:
             predictions = await unless_gone(request, batcher.submit(texts))
         except BatchFailed as err:
