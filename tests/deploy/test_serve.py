@@ -13,9 +13,11 @@ import os
 import re
 import socket
 import threading
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from helpers import run_many
 from serve_helpers import (
     CHROMIUM,
@@ -201,6 +203,30 @@ def test_the_listening_socket_is_tcp():
         sock.close()
 
 
+def damaged_models(checkpoint: Path, folder: Path) -> dict[str, Path]:
+    """A checkpoint whose model settings are None, one whose weights have the wrong shapes, and an
+    `.onnx` whose pad_token_id metadata is "abc"."""
+    import onnx
+
+    from gpt_classifier.deploy.onnx_export import export_onnx
+
+    paths = {name: folder / f"{name}.ckpt" for name in ("model_none", "wrong_shapes")}
+    state = torch.load(checkpoint, weights_only=True)
+    torch.save(
+        {**state, "hyper_parameters": {**state["hyper_parameters"], "model": None}}, paths["model_none"]
+    )
+    weights = {name: value[..., :1] if value.ndim else value for name, value in state["state_dict"].items()}
+    torch.save({**state, "state_dict": weights}, paths["wrong_shapes"])
+    paths["bad_onnx_metadata"] = folder / "bad_metadata.onnx"
+    export_onnx(load_classifier(checkpoint), paths["bad_onnx_metadata"])
+    model = onnx.load(paths["bad_onnx_metadata"])
+    for prop in model.metadata_props:
+        if prop.key == "pad_token_id":
+            prop.value = json.dumps("abc")
+    onnx.save(model, paths["bad_onnx_metadata"])
+    return paths
+
+
 @pytest.fixture(scope="module")
 def cli_errors(checkpoint, tmp_path_factory):
     """`serve.py` runs that must fail, started together."""
@@ -210,9 +236,19 @@ def cli_errors(checkpoint, tmp_path_factory):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
+    damaged = damaged_models(checkpoint, cwd)
+    (cwd / "a_folder.ckpt").mkdir()
+    key_dir = cwd / "key_dir"
+    key_dir.mkdir()
     jobs = {
         "missing": [str(cwd / "missing.ckpt")],
         "broken": [str(broken)],
+        "directory": [str(cwd / "a_folder.ckpt")],
+        "model_none": [str(damaged["model_none"])],
+        "wrong_shapes": [str(damaged["wrong_shapes"])],
+        "bad_onnx_metadata": [str(damaged["bad_onnx_metadata"])],
+        "api_key_file_missing": [str(checkpoint), "--api-key-file", str(cwd / "no-key")],
+        "api_key_file_is_a_folder": [str(checkpoint), "--api-key-file", str(key_dir)],
         "port_taken": [str(checkpoint), "--port", str(taken.getsockname()[1])],
         "bad_device": [str(checkpoint), "--device", "teapot"],
     }
@@ -228,6 +264,12 @@ def cli_errors(checkpoint, tmp_path_factory):
         ("broken", "broken.ckpt is unreadable"),
         ("port_taken", "cannot listen on 127.0.0.1:"),
         ("bad_device", "--device 'teapot' is unknown"),
+        ("directory", "a_folder.ckpt is a directory: pass the .ckpt file in it"),
+        ("model_none", "model_none.ckpt is damaged: its settings and weights do not make a model"),
+        ("wrong_shapes", "wrong_shapes.ckpt is damaged: its settings and weights do not make a model"),
+        ("bad_onnx_metadata", "metadata pad_token_id='abc' is not a valid pad_token_id"),
+        ("api_key_file_missing", "--api-key-file"),
+        ("api_key_file_is_a_folder", "is unreadable"),
     ],
 )
 def test_cli_errors_are_one_line(cli_errors, name, message):
