@@ -67,6 +67,10 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
         default=default.max_texts,
         help="most texts in one request; more get 413 (default: %(default)s)",
     )
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    add, default = parser.add_argument, Limits()
     add(
         "--body-timeout",
         type=positive_float,
@@ -132,6 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--port", type=int, default=8000, help="port (default: %(default)s; 0: any free port)")
     add("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     add_limit_options(parser)
+    add_connection_options(parser)
     add_security_options(parser)
     add("--access-log", action=argparse.BooleanOptionalAction, default=True, help="a log line per request")
     args = parser.parse_args(argv)
