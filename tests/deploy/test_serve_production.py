@@ -261,3 +261,12 @@ def test_the_page_asks_for_the_key_once(guarded):
         wait.until(lambda b: "not spam, spam" in b.find_element(By.ID, "model").text)
     finally:
         browser.quit()
+
+
+@pytest.mark.parametrize(("padding", "status"), [(15_000, 200), (16_500, 431), (100_000, 431)])
+def test_headers_over_max_header_bytes_get_431(guarded, padding, status):
+    """--max-header-bytes 16384 (the default): the request line and headers together."""
+    answer_status, _, body = call(guarded.port, "GET", "/live", X_Padding="p" * padding)
+    assert answer_status == status, body
+    if status == 431:
+        assert "over the limit of 16384 (--max-header-bytes)" in body["error"]

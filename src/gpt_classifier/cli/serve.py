@@ -178,7 +178,7 @@ def security_of(args: argparse.Namespace) -> Security:
             "listening on %s without an API key: anyone who can reach it can use it (see --api-key-file)",
             args.host,
         )
-    return Security(api_key=key, allowed_hosts=hosts)
+    return Security(api_key=key, allowed_hosts=hosts, max_header_bytes=args.max_header_bytes)
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -34,6 +34,7 @@ class Security:
 
     api_key: str | None = None
     allowed_hosts: list[str] = field(default_factory=lambda: list(LOOPBACK_HOSTS))
+    max_header_bytes: int = 16384  # request line + headers; uvicorn's h11 bounds only partial ones
 
 
 def host_name(host_header: str) -> str:
@@ -54,6 +55,15 @@ class Guard:
 
     def refusal(self, scope: Scope, headers: Headers) -> tuple[int, str, dict[str, str]] | None:
         """(status, reason, extra headers) when the request must not reach the app, else None."""
+        target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        head_bytes = target + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        if head_bytes > self.security.max_header_bytes:
+            limit = f"the limit of {self.security.max_header_bytes} (--max-header-bytes)"
+            return (
+                431,
+                f"request headers of {head_bytes} bytes are over {limit}: send fewer or shorter ones",
+                {},
+            )
         hosts = self.security.allowed_hosts
         host = host_name(headers.get("host", ""))
         if "*" not in hosts and host not in hosts:
