@@ -97,11 +97,11 @@ async def unless_gone(request: Request, work: Awaitable[Answer]) -> Answer:
     """`await work`, cancelled (and its texts dropped before their batch) when the client goes."""
     task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(until_disconnected(request))
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when this handler is cancelled (the end of a graceful shutdown)
+        for pending in (task, watcher):
+            pending.cancel()  # no-op for one that is done
+    if task not in done:
         raise ClientGone("while waiting for its answer")
     return task.result()
 
