@@ -24,8 +24,14 @@ JSON = {"Content-Type": "application/json"}
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
+TRAINED: dict[Path, Path] = {}  # split folder -> its checkpoint: the serving test modules share one
+
+
 def train_tiny_checkpoint(sms_split_dir: Path, folder: Path) -> Path:
-    """The tiny model, book settings, one epoch: a real `.ckpt` written by Lightning."""
+    """The tiny model, book settings, one epoch: a real `.ckpt` written by Lightning (into `folder`
+    the first time; later calls in the session return that file, which no test changes)."""
+    if sms_split_dir in TRAINED:
+        return TRAINED[sms_split_dir]
     dm = SpamDataModule(data_dir=sms_split_dir, urls=[], batch_size=16)
     dm.prepare_data()
     dm.setup()
@@ -42,6 +48,7 @@ def train_tiny_checkpoint(sms_split_dir: Path, folder: Path) -> Path:
     trainer.fit(module, datamodule=dm)
     path = folder / "tiny.ckpt"
     trainer.save_checkpoint(path)
+    TRAINED[sms_split_dir] = path
     return path
 
 
