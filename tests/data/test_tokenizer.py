@@ -5,13 +5,24 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from importlib.resources import files
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from gpt_classifier.data.tokenizer import ENDOFTEXT, PAD_TOKEN_ID, encode, get_tokenizer
+from gpt_classifier.data.encoding import encode_corpus, encode_texts
+from gpt_classifier.data.tokenizer import (
+    ENDOFTEXT,
+    PAD_TOKEN_ID,
+    encode,
+    encode_bounded,
+    encode_bounded_batch,
+    get_tokenizer,
+)
 
 BOOK_TEXT = "Hello, do you like tea? <|endoftext|>"
 BOOK_IDS = [15496, 11, 466, 345, 588, 8887, 30, 220, 50256]
@@ -120,3 +131,69 @@ def test_builds_without_network(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"guard": "closed", "ids": BOOK_IDS, "n_vocab": 50257, "tiktoken_gpt2": "failed"}
+
+
+WORDS = st.sampled_from(
+    ["a", "spam", "Free", "'s", " ", "  ", "\n", "\t", "é", "日本", "🙂", "123", "!!", "<|endoftext|>"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    words=st.lists(st.one_of(WORDS, st.text(max_size=12)), max_size=120),
+    max_length=st.integers(0, 40),
+    side=st.sampled_from(["right", "left"]),
+)
+def test_bounded_encoding_equals_cutting_the_whole_encoding(words, max_length, side):
+    tokenizer = get_tokenizer()
+    text = "".join(words)
+    whole = tokenizer.encode_ordinary(text)
+    want = whole[:max_length] if side == "right" else whole[max(len(whole) - max_length, 0) :]
+    assert encode_bounded(tokenizer, text, max_length, side) == want
+    assert encode_bounded_batch(tokenizer, [text, "hi"], max_length, side)[0] == want
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" * 100_000,
+        "x" + " " * 50_000 + "y",
+        "ab" * 40_000,
+        "Supercalifragilistic" * 5000,
+        "😀" * 30_000,
+        "1" * 60_000,
+        " \n" * 30_000 + "end",
+        ("word " * 20_000).strip(),
+    ],
+)
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_long_texts_equal_cutting_the_whole_encoding(text, side):
+    tokenizer = get_tokenizer()
+    whole = tokenizer.encode_ordinary(text)
+    for max_length in (1, 60, 256, 1024):
+        want = whole[:max_length] if side == "right" else whole[-max_length:]
+        assert encode_bounded(tokenizer, text, max_length, side) == want, max_length
+
+
+def test_a_million_spaces_and_a_letter_are_read_only_as_far_as_needed():
+    """Whole, tiktoken overflows its regex's stack on this text (a PanicException)."""
+    text = " " * 999_999 + "x"
+    tokenizer = get_tokenizer()
+    started = time.perf_counter()
+    assert encode_bounded(tokenizer, text, 256) == [220] * 256
+    assert encode_bounded(tokenizer, text, 256, "left") == [220] * 255 + [2124]
+    assert encode_bounded_batch(tokenizer, [text, "hi"], 1024)[0] == [220] * 1024
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_corpus_and_prediction_encoding_are_bounded(side):
+    """`encode_corpus` (training) and `encode_texts` (prediction) cut exactly as whole tokenizing would."""
+    tokenizer = get_tokenizer()
+    texts = ["short", " " * 999_999 + "x", "word " * 5000, "", "a" * 20_000]
+    whole = [tokenizer.encode_ordinary(text) for text in texts[2:]]
+    corpus = [ids.tolist() for ids in encode_corpus(tokenizer, texts, max_length=7, side=side)]
+    assert corpus[0] == tokenizer.encode_ordinary("short") and corpus[1] in ([220] * 7, [220] * 6 + [2124])
+    assert corpus[2:] == [ids[:7] if side == "right" else ids[-7:] for ids in whole]
+    if side == "right":
+        assert encode_texts(tokenizer, texts, 7) == corpus

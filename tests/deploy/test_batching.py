@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from gpt_classifier.deploy.batching import Batcher
+from gpt_classifier.deploy.batching import Batcher, BatchFailed
 
 
 class Recorder:
@@ -34,7 +34,8 @@ async def serve(batcher: Batcher, requests: list[list], gap: float = 0.0) -> lis
         tasks.append(asyncio.create_task(batcher.submit(items)))
         await asyncio.sleep(gap)
     try:
-        return await asyncio.gather(*tasks, return_exceptions=True)
+        # bounded: a batcher that died (e.g. of 3.10's asyncio.TimeoutError) fails the test, not hangs it
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=30)
     finally:
         runner.cancel()
 
@@ -88,7 +89,8 @@ def test_a_failed_batch_fails_its_requests_only():
     recorder = Recorder()
     batcher = Batcher(recorder, max_batch_size=2, max_wait_ms=100)
     results = asyncio.run(serve(batcher, [["a"], ["boom"], ["b"], ["c"]]))
-    assert isinstance(results[0], ValueError) and isinstance(results[1], ValueError)
+    assert [str(result) for result in results[:2]] == ["ValueError: boom"] * 2
+    assert all(isinstance(result, BatchFailed) for result in results[:2])
     assert results[2:] == [["bb"], ["cc"]]
 
 
@@ -101,3 +103,58 @@ def test_every_request_is_answered_once_under_load(max_wait_ms):
     assert results == [[2 * i] * (1 + i % 3) for i in range(200)]
     assert sum(len(batch) for batch in recorder.batches) == sum(len(r) for r in requests)
     assert all(len(batch) <= 8 for batch in recorder.batches)
+
+
+class Panic(BaseException):
+    """Like tiktoken's `PanicException`: a BaseException, not an Exception."""
+
+
+def test_a_batch_raising_a_base_exception_fails_its_requests_only():
+    def run_batch(items: list) -> list:
+        if "panic" in items:
+            raise Panic("called `Result::unwrap()` on an `Err` value")
+        return [item * 2 for item in items]
+
+    async def scenario() -> tuple[list, list, bool]:
+        batcher = Batcher(run_batch, max_batch_size=1, max_wait_ms=0)
+        runner = asyncio.create_task(batcher.run())
+        first = await asyncio.gather(batcher.submit(["panic"]), return_exceptions=True)
+        later = await asyncio.wait_for(batcher.submit(["a"]), timeout=5)
+        alive = not runner.done()
+        runner.cancel()
+        return first, later, alive
+
+    first, later, alive = asyncio.run(scenario())
+    assert isinstance(first[0], BatchFailed) and "Panic: called `Result::unwrap()`" in str(first[0])
+    assert later == ["aa"] and alive
+
+
+def test_requests_whose_clients_have_gone_are_not_computed():
+    recorder = Recorder()
+    batcher = Batcher(recorder, max_batch_size=8, max_wait_ms=100)
+
+    async def scenario() -> list:
+        runner = asyncio.create_task(batcher.run())
+        kept = asyncio.create_task(batcher.submit(["kept"]))
+        gone = asyncio.create_task(batcher.submit(["gone"]))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # what the server does when a client disconnects
+        result = await kept
+        runner.cancel()
+        return result
+
+    assert asyncio.run(scenario()) == ["keptkept"]
+    assert recorder.batches == [["kept"]]
+    assert batcher.waiting_items == 0
+
+
+def test_waiting_items_count_what_is_queued():
+    async def scenario() -> int:
+        batcher = Batcher(Recorder(), max_batch_size=8, max_wait_ms=0)
+        waiting = [asyncio.create_task(batcher.submit(items)) for items in (["a"], ["b", "c"])]
+        await asyncio.sleep(0)
+        for task in waiting:
+            task.cancel()
+        return batcher.waiting_items
+
+    assert asyncio.run(scenario()) == 3

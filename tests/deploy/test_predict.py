@@ -234,6 +234,7 @@ def cli(trained, tmp_path_factory):
     texts_file.write_text(f"{SPAM}\n\n{HAM}\nok then, see you at 5\n", encoding="utf-8")
     (cwd / "latin1.txt").write_bytes(b"caf\xe9\n")
     (cwd / "notes.ckpt").write_text("not a checkpoint\n")
+    (cwd / "panic.txt").write_text(" " * 999_999 + "x\nhi\n", encoding="utf-8")  # whole, tiktoken panics
     jobs = {
         "text": [str(ckpt), SPAM, "--device", "cpu"],
         "args": [str(ckpt), *ARG_TEXTS],
@@ -247,6 +248,7 @@ def cli(trained, tmp_path_factory):
         "latin1": [str(ckpt), "--file", str(cwd / "latin1.txt")],
         "bad_threshold": [str(ckpt), "--threshold", "1.5", "hello"],
         "help": ["--help"],
+        "panic_text": [str(ckpt), "--file", str(cwd / "panic.txt")],
     }
     results = run_many({name: (PREDICT_PY, args, cwd) for name, args in jobs.items()}, timeout=300)
     # stdin: the one form run_many cannot feed
@@ -355,7 +357,12 @@ def test_cli_errors_are_one_line(cli, name, message):
 
 
 def test_cli_writes_nothing_into_the_working_directory(cli):
-    assert sorted(p.name for p in cli["cwd"].iterdir()) == ["latin1.txt", "messages.txt", "notes.ckpt"]
+    assert sorted(p.name for p in cli["cwd"].iterdir()) == [
+        "latin1.txt",
+        "messages.txt",
+        "notes.ckpt",
+        "panic.txt",
+    ]
 
 
 def test_truncated_checkpoint_copy_keeps_the_original(trained, tmp_path):
@@ -382,3 +389,11 @@ def test_prediction_imports_no_training_stack(trained):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["[]", "False"]
+
+
+def test_cli_classifies_a_text_that_made_the_tokenizer_panic(cli):
+    """A million spaces and a letter: only what max_length keeps is tokenized, so no Rust panic."""
+    result = cli["panic_text"]
+    assert result.returncode == 0, result
+    assert "Traceback" not in result.stdout + result.stderr
+    assert len([line for line in result.stdout.splitlines() if line.strip()]) >= 2, result

@@ -10,54 +10,40 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import queue
 import re
 import socket
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from helpers import ROOT, TINY_MODEL, adamw, cli_env, quiet_trainer, run_many
+from helpers import run_many
+from serve_helpers import (
+    CHROMIUM,
+    JSON,
+    SERVE_PY,
+    Server,
+    assert_matches,
+    chromium,
+    post,
+    request,
+    train_tiny_checkpoint,
+)
 
 from gpt_classifier.atomic_files import replace_atomically
 from gpt_classifier.cli.serve import listen
-from gpt_classifier.data.sms import SpamDataModule
 from gpt_classifier.data.tokenizer import get_tokenizer
 from gpt_classifier.deploy.predictor import predict_texts
 from gpt_classifier.model.checkpoint import load_classifier
-from gpt_classifier.training.lightning_module import GPTClassifier
 
-SERVE_PY = ROOT / "serve.py"
 SPAM = "You are a winner you have been specially selected to receive $1000 cash or a $2000 award."
 HAM = "Hey, just wanted to check if we're still on for dinner tonight? Let me know!"
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(sms_split_dir, tmp_path_factory):
-    """The tiny model, book settings, one epoch: a real `.ckpt` written by Lightning."""
-    dm = SpamDataModule(data_dir=sms_split_dir, urls=[], batch_size=16)
-    dm.prepare_data()
-    dm.setup()
-    torch.manual_seed(0)
-    module = GPTClassifier(
-        TINY_MODEL,
-        dm.class_names,
-        finetune={"policy": "last_block"},
-        classifier={"position": "last"},
-        data={"max_length": dm.max_length, "padding": dm.padding},
-        optimizer=adamw(2e-3),
-    )
-    trainer = quiet_trainer(limit_val_batches=0)
-    trainer.fit(module, datamodule=dm)
-    path = tmp_path_factory.mktemp("serve") / "tiny.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    return train_tiny_checkpoint(sms_split_dir, tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
@@ -74,77 +60,11 @@ def expected(checkpoint, texts):
     return {p.text: p for p in predict_texts(texts, classifier, get_tokenizer(), "cpu")}
 
 
-class Server:
-    """`python serve.py CKPT --port 0 ...` in a subprocess; its stderr (the log) collected in `log`."""
-
-    def __init__(self, checkpoint: Path, *args: str) -> None:
-        command = [sys.executable, str(SERVE_PY), str(checkpoint), "--port", "0", *args]
-        self.proc = subprocess.Popen(
-            command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.log: list[str] = []
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, args=(self.proc.stdout, lines.put), daemon=True).start()
-        threading.Thread(target=self._read, args=(self.proc.stderr, self.log.append), daemon=True).start()
-        try:
-            first = lines.get(timeout=120)
-        except queue.Empty:
-            first = ""
-        match = re.search(r"on http://127\.0\.0\.1:(\d+)$", first)
-        assert match, f"no address in {first!r}; log: {self.log}"
-        self.port = int(match.group(1))
-
-    @staticmethod
-    def _read(stream, sink) -> None:
-        for line in stream:
-            sink(line.rstrip("\n"))
-
-    def logged(self, text: str, timeout: float = 10) -> bool:
-        """Whether a log line contains `text` (waiting for the reader thread to catch up)."""
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.log):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def server(checkpoint):
     running = Server(checkpoint, "--max-wait-ms", "20", "--no-access-log")
     yield running
     running.stop()
-
-
-def request(port: int, method: str, path: str, body: bytes | None = None, **headers) -> tuple[int, dict, str]:
-    """One request on a new connection: (status, JSON body or {}, raw body)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        raw = response.read().decode()
-    finally:
-        connection.close()
-    is_json = response.getheader("content-type", "").startswith("application/json")
-    return response.status, json.loads(raw) if is_json else {}, raw
-
-
-def post(port: int, data) -> tuple[int, dict]:
-    status, body, _ = request(port, "POST", "/predict", json.dumps(data).encode())
-    return status, body
-
-
-def assert_matches(answer: dict, want) -> None:
-    """One prediction of the API against `predict_texts`'s, to 1e-4."""
-    assert answer["label"] == want.label
-    assert answer["probability"] == pytest.approx(want.probability, abs=1e-4)
-    assert answer["probabilities"].keys() == want.probabilities.keys()
-    for name, p in want.probabilities.items():
-        assert answer["probabilities"][name] == pytest.approx(p, abs=1e-4)
 
 
 def test_health_names_the_classes(server):
@@ -174,7 +94,8 @@ BIG_BODY = json.dumps({"texts": ["x" * 1000] * 1100}).encode()  # 1.1 MB
     ("body", "status", "reason"),
     [
         (b'{"texts": ["unclosed"', 400, "body is not valid JSON"),
-        (b"\xff\xfe\x00", 400, "body is not valid JSON"),
+        (b"\xff\xfe\x00", 400, "body is not UTF-8"),
+        ('{"text": "spam?"}'.encode("utf-16"), 400, "body is not UTF-8"),
         (b"", 400, "body is not valid JSON"),
         (b"[" * 100_000, 400, "body is not valid JSON"),  # too deep for Python's parser
         (b'["a list"]', 422, "body is a list"),
@@ -188,6 +109,9 @@ BIG_BODY = json.dumps({"texts": ["x" * 1000] * 1100}).encode()  # 1.1 MB
         (b'{"text": {"a": 1}}', 422, "text is an object, not a string"),
         (b'{"text": ""}', 422, "text is empty"),
         (b'{"texts": ["ok", "  \\n "]}', 422, "texts[1] is empty"),
+        (b'{"text": "\\u0000\\u0000"}', 422, "text is empty (or only invisible characters)"),
+        (b'{"texts": ["ok", "\\u200b\\u2060\\ufeff \\u200d"]}', 422, "texts[1] is empty (or only invisible"),
+        (b'{"text": "ok \\ud800 then"}', 422, "text has a lone surrogate '\\ud800' at character 3"),
         (json.dumps(TOO_MANY).encode(), 413, "257 texts is over the limit of 256 per request (--max-texts)"),
         (BIG_BODY, 413, "over the limit of 1000000 bytes (--max-body-bytes)"),
     ],
@@ -207,7 +131,7 @@ def test_a_streamed_body_over_the_limit_is_refused(server):
     """No Content-Length (chunked): the size is checked as the body arrives."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     chunks = (BIG_BODY[i : i + 65536] for i in range(0, len(BIG_BODY), 65536))
-    connection.request("POST", "/predict", body=chunks, encode_chunked=True)
+    connection.request("POST", "/predict", body=chunks, headers=JSON, encode_chunked=True)
     response = connection.getresponse()
     assert response.status == 413
     assert "--max-body-bytes" in json.loads(response.read())["error"]
@@ -241,7 +165,7 @@ def test_a_burst_of_concurrent_clients_is_batched_without_errors(server, texts, 
         for i in range(25):
             text = texts[(number * 25 + i) % len(texts)]
             try:
-                connection.request("POST", "/predict", body=json.dumps({"text": text}))
+                connection.request("POST", "/predict", body=json.dumps({"text": text}), headers=JSON)
                 response = connection.getresponse()
                 body = json.loads(response.read())
                 assert response.status == 200, body
@@ -279,6 +203,30 @@ def test_the_listening_socket_is_tcp():
         sock.close()
 
 
+def damaged_models(checkpoint: Path, folder: Path) -> dict[str, Path]:
+    """A checkpoint whose model settings are None, one whose weights have the wrong shapes, and an
+    `.onnx` whose pad_token_id metadata is "abc"."""
+    import onnx
+
+    from gpt_classifier.deploy.onnx_export import export_onnx
+
+    paths = {name: folder / f"{name}.ckpt" for name in ("model_none", "wrong_shapes")}
+    state = torch.load(checkpoint, weights_only=True)
+    torch.save(
+        {**state, "hyper_parameters": {**state["hyper_parameters"], "model": None}}, paths["model_none"]
+    )
+    weights = {name: value[..., :1] if value.ndim else value for name, value in state["state_dict"].items()}
+    torch.save({**state, "state_dict": weights}, paths["wrong_shapes"])
+    paths["bad_onnx_metadata"] = folder / "bad_metadata.onnx"
+    export_onnx(load_classifier(checkpoint), paths["bad_onnx_metadata"])
+    model = onnx.load(paths["bad_onnx_metadata"])
+    for prop in model.metadata_props:
+        if prop.key == "pad_token_id":
+            prop.value = json.dumps("abc")
+    onnx.save(model, paths["bad_onnx_metadata"])
+    return paths
+
+
 @pytest.fixture(scope="module")
 def cli_errors(checkpoint, tmp_path_factory):
     """`serve.py` runs that must fail, started together."""
@@ -288,9 +236,19 @@ def cli_errors(checkpoint, tmp_path_factory):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
+    damaged = damaged_models(checkpoint, cwd)
+    (cwd / "a_folder.ckpt").mkdir()
+    key_dir = cwd / "key_dir"
+    key_dir.mkdir()
     jobs = {
         "missing": [str(cwd / "missing.ckpt")],
         "broken": [str(broken)],
+        "directory": [str(cwd / "a_folder.ckpt")],
+        "model_none": [str(damaged["model_none"])],
+        "wrong_shapes": [str(damaged["wrong_shapes"])],
+        "bad_onnx_metadata": [str(damaged["bad_onnx_metadata"])],
+        "api_key_file_missing": [str(checkpoint), "--api-key-file", str(cwd / "no-key")],
+        "api_key_file_is_a_folder": [str(checkpoint), "--api-key-file", str(key_dir)],
         "port_taken": [str(checkpoint), "--port", str(taken.getsockname()[1])],
         "bad_device": [str(checkpoint), "--device", "teapot"],
     }
@@ -306,6 +264,12 @@ def cli_errors(checkpoint, tmp_path_factory):
         ("broken", "broken.ckpt is unreadable"),
         ("port_taken", "cannot listen on 127.0.0.1:"),
         ("bad_device", "--device 'teapot' is unknown"),
+        ("directory", "a_folder.ckpt is a directory: pass the .ckpt file in it"),
+        ("model_none", "model_none.ckpt is damaged: its settings and weights do not make a model"),
+        ("wrong_shapes", "wrong_shapes.ckpt is damaged: its settings and weights do not make a model"),
+        ("bad_onnx_metadata", "metadata pad_token_id='abc' is not a valid pad_token_id"),
+        ("api_key_file_missing", "--api-key-file"),
+        ("api_key_file_is_a_folder", "is unreadable"),
     ],
 )
 def test_cli_errors_are_one_line(cli_errors, name, message):
@@ -315,28 +279,6 @@ def test_cli_errors_are_one_line(cli_errors, name, message):
     assert "Traceback" not in output, result
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result
-
-
-def chromium():
-    """Headless Chromium through Debian's chromedriver (Selenium must not try to download one)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=900,720",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install chromium-driver")

@@ -1,21 +1,33 @@
-"""`serve.py` / `gpt-classifier serve`: load a model, listen, and run the HTTP server with uvicorn."""
+"""`serve.py` / `gpt-classifier serve`: load a model, listen, and run the HTTP server with uvicorn.
+
+Every option is described in docs/serving.md.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import os
+import signal
 import socket
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from gpt_classifier.deploy.connections import OneLinePerInterval, header_deadline_protocol
+from gpt_classifier.deploy.guard import LOOPBACK_HOSTS, Security
 from gpt_classifier.deploy.predictor import load_predictor
 from gpt_classifier.deploy.server import Limits, create_app
 from gpt_classifier.deploy.workers import WorkerSettings, threads_per_worker
 from gpt_classifier.errors import GPTClassifierError
+
+API_KEY_VARIABLE = "GPT_CLASSIFIER_API_KEY"
+log = logging.getLogger("gpt_classifier.serve")
 
 
 def positive_int(value: str) -> int:
@@ -25,16 +37,15 @@ def positive_int(value: str) -> int:
     return number
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Serve a trained classifier: POST /predict (JSON), GET /health, GET /stats, a page at /.",
-    )
-    add = parser.add_argument
-    add("checkpoint", metavar="CKPT", help="a gpt-classifier checkpoint (.ckpt) or an exported model (.onnx)")
-    add("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0: every one)")
-    add("--port", type=int, default=8000, help="port (default: %(default)s; 0: any free port)")
-    add("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    default = Limits()
+def positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return number
+
+
+def add_limit_options(parser: argparse.ArgumentParser) -> None:
+    add, default = parser.add_argument, Limits()
     add(
         "--max-batch-size",
         type=positive_int,
@@ -73,11 +84,118 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=default.max_explain_texts,
         help="most texts in one POST /explain (about one forward pass per token each; default: %(default)s)",
     )
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    add, default = parser.add_argument, Limits()
+    add(
+        "--body-timeout",
+        type=positive_float,
+        default=default.body_timeout_s,
+        help="seconds for a request's body to arrive; slower ones get 408 (default: %(default)s)",
+    )
+    add(
+        "--header-timeout",
+        type=positive_float,
+        default=10.0,
+        help="seconds for a request's headers to arrive, else the connection closes (default: %(default)s)",
+    )
+    add(
+        "--timeout-keep-alive",
+        type=positive_int,
+        default=5,
+        help="seconds an idle keep-alive connection stays open (default: %(default)s)",
+    )
+    add(
+        "--limit-concurrency",
+        type=positive_int,
+        default=512,
+        help="most open connections or requests at once; over it, 503 (default: %(default)s)",
+    )
+    add(
+        "--max-header-bytes",
+        type=positive_int,
+        default=16384,
+        help="largest request line + headers (default: %(default)s)",
+    )
+    add(
+        "--graceful-timeout",
+        type=positive_float,
+        default=30.0,
+        help="on SIGTERM, seconds to finish the requests in flight (default: %(default)s)",
+    )
+
+
+def add_security_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add(
+        "--api-key-file",
+        type=Path,
+        metavar="FILE",
+        help=f"require 'Authorization: Bearer KEY' with the KEY in FILE (or in ${API_KEY_VARIABLE})",
+    )
+    add(
+        "--allowed-hosts",
+        metavar="NAMES",
+        help="comma-separated Host names served, or '*' "
+        "(default: 127.0.0.1,localhost,::1 when --host is a loopback address, else '*')",
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Serve a trained classifier: POST /predict (JSON), a page at /, "
+        "GET /health, /stats, /metrics, /live and /ready (docs/serving.md).",
+    )
+    add = parser.add_argument
+    add("checkpoint", metavar="CKPT", help="a gpt-classifier checkpoint (.ckpt) or an exported model (.onnx)")
+    add("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0: every one)")
+    add("--port", type=int, default=8000, help="port (default: %(default)s; 0: any free port)")
+    add("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    add_limit_options(parser)
+    add_connection_options(parser)
+    add_security_options(parser)
     add("--access-log", action=argparse.BooleanOptionalAction, default=True, help="a log line per request")
     args = parser.parse_args(argv)
     if args.max_wait_ms < 0:
         parser.error(f"--max-wait-ms {args.max_wait_ms} is negative: pass 0 or more")
     return args
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def read_api_key(path: Path | None) -> str | None:
+    """The key from `--api-key-file` (its first line), else from $GPT_CLASSIFIER_API_KEY, else None."""
+    if path is None:
+        return os.environ.get(API_KEY_VARIABLE, "").strip() or None
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise GPTClassifierError(
+            f"--api-key-file {path} is unreadable ({err}): pass a text file holding the key"
+        ) from None
+    if not key or "\n" in key or any(ch.isspace() for ch in key):
+        raise GPTClassifierError(f"--api-key-file {path} must hold one key on one line, without spaces")
+    return key
+
+
+def security_of(args: argparse.Namespace) -> Security:
+    key = read_api_key(args.api_key_file)
+    if args.allowed_hosts:
+        hosts = [name.strip().strip("[]") for name in args.allowed_hosts.split(",") if name.strip()]
+    else:
+        hosts = list(LOOPBACK_HOSTS) if is_loopback(args.host) else ["*"]
+    if not is_loopback(args.host) and key is None:
+        log.warning(
+            "listening on %s without an API key: anyone who can reach it can use it (see --api-key-file)",
+            args.host,
+        )
+    return Security(api_key=key, allowed_hosts=hosts, max_header_bytes=args.max_header_bytes)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -95,17 +213,41 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server; on SIGTERM or SIGINT /ready says "draining" at once, then uvicorn stops
+    accepting and finishes the requests in flight (bounded by --graceful-timeout)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.config.app.state.readiness.draining = True
+        log.info("signal %d: draining (no new connections; finishing the requests in flight)", sig)
+        super().handle_exit(sig, frame)
+
+
+def exit_cleanly(sig: int, frame: FrameType | None) -> None:
+    """uvicorn raises the stopping signal again once it has drained: that is a clean stop, exit 0."""
+    raise SystemExit(0)
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    handler.addFilter(OneLinePerInterval())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    setup_logging()
     limits = Limits(
         args.max_batch_size,
         args.max_wait_ms,
         args.max_body_bytes,
         args.max_texts,
+        args.body_timeout,
         max_explain_texts=args.max_explain_texts,
     )
     try:
+        security = security_of(args)
         predictor = load_predictor(args.checkpoint, args.device)  # a .ckpt or an .onnx
         sock = listen(args.host, args.port)
     except GPTClassifierError as err:
@@ -117,24 +259,45 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Serving {args.checkpoint} ({', '.join(predictor.class_names)}){workers} on {url}", flush=True)
     if args.workers > 1:
         del predictor  # it proved the model loads; each worker loads its own
-        run_workers(args, limits, sock)
+        run_workers(args, limits, security, sock)
         return 0
-    config = uvicorn.Config(create_app(predictor, limits), access_log=args.access_log, log_level="info")
-    uvicorn.Server(config).run(sockets=[sock])
+    app = create_app(
+        predictor, limits, security, checkpoint=Path(args.checkpoint).name, access_log=args.access_log
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, exit_cleanly)
+    DrainingServer(server_config(app, args)).run(sockets=[sock])
     return 0
 
 
-def run_workers(args: argparse.Namespace, limits: Limits, sock: socket.socket) -> None:
+def server_config(app: object, args: argparse.Namespace, **workers: object) -> uvicorn.Config:
+    """uvicorn's settings: our header deadline and logging, the keep-alive, concurrency, header size
+    and graceful-shutdown limits of the command line."""
+    return uvicorn.Config(
+        app,
+        http=header_deadline_protocol(args.header_timeout),
+        access_log=False,  # the app logs each request, with its id
+        log_config=None,  # our handler: one line per message, never a flood
+        timeout_keep_alive=args.timeout_keep_alive,
+        limit_concurrency=args.limit_concurrency,
+        h11_max_incomplete_event_size=args.max_header_bytes,
+        timeout_graceful_shutdown=args.graceful_timeout,  # type: ignore[arg-type]  # a float works
+        **workers,
+    )
+
+
+def run_workers(args: argparse.Namespace, limits: Limits, security: Security, sock: socket.socket) -> None:
     """`--workers N`: uvicorn's supervisor runs N processes that share `sock`; each builds the app with
     `workers.app_from_env` from the settings passed in the environment, with its share of the cores."""
     WorkerSettings(
-        str(Path(args.checkpoint).resolve()), args.device, threads_per_worker(args.workers), asdict(limits)
+        str(Path(args.checkpoint).resolve()),
+        args.device,
+        threads_per_worker(args.workers),
+        asdict(limits),
+        asdict(security),
+        args.access_log,
     ).to_environment()
-    config = uvicorn.Config(
-        "gpt_classifier.deploy.workers:app_from_env",
-        factory=True,
-        workers=args.workers,
-        access_log=args.access_log,
-        log_level="info",
+    config = server_config(
+        "gpt_classifier.deploy.workers:app_from_env", args, factory=True, workers=args.workers
     )
     Multiprocess(config, sockets=[sock]).run()

@@ -172,7 +172,11 @@ class TextClassificationDataModule(L.LightningDataModule):
         frames = {split: self.read_split(split) for split in SPLITS}
         encoded = {
             split: encode_corpus(
-                tokenizer, df[self.text_column].astype(str).tolist(), desc=f"tokenizing {split}"
+                tokenizer,
+                df[self.text_column].astype(str).tolist(),
+                desc=f"tokenizing {split}",
+                max_length=8 * self.context_length,  # bounded, yet long enough to log how long cut texts are
+                side=self.truncation_side,
             )
             for split, df in frames.items()
         }

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from gpt_classifier.data.token_ids import pad_ids
-from gpt_classifier.data.tokenizer import PAD_TOKEN_ID
+from gpt_classifier.data.tokenizer import PAD_TOKEN_ID, encode_bounded_batch
 
 
 class TokenArrays(Sequence):
@@ -74,13 +74,20 @@ class TokenArrays(Sequence):
 
 
 def encode_corpus(
-    tokenizer: tiktoken.Encoding, texts: Sequence[str], *, chunk: int = 4096, desc: str = "tokenizing"
+    tokenizer: tiktoken.Encoding,
+    texts: Sequence[str],
+    *,
+    chunk: int = 4096,
+    desc: str = "tokenizing",
+    max_length: int | None = None,
+    side: str = "right",
 ) -> TokenArrays:
-    """Token ids of many texts, encoded in batches (tiktoken's threads) with a progress bar, kept compact."""
+    """Token ids of many texts, encoded in batches (tiktoken's threads) with a progress bar, kept compact;
+    each cut to its first (`side="right"`) or last `max_length` tokens, tokenizing only those."""
     parts = []
     with tqdm(total=len(texts), desc=desc, unit="text", leave=False, disable=None) as bar:
         for start in range(0, len(texts), chunk):
-            batch = tokenizer.encode_ordinary_batch(list(texts[start : start + chunk]))
+            batch = encode_bounded_batch(tokenizer, list(texts[start : start + chunk]), max_length, side)
             parts.append(TokenArrays.from_lists(batch))
             bar.update(len(batch))
     return TokenArrays.concat(parts)

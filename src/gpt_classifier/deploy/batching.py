@@ -3,7 +3,9 @@
 Each request's items wait in an asyncio queue. One task takes the first waiting request, gathers
 more until `max_batch_size` items or `max_wait_ms` has passed, runs the batch function once in a
 worker thread (the event loop keeps reading requests meanwhile) and gives each request its share of
-the results. Under load, the requests that arrive during one call form the next batch.
+the results. Under load, the requests that arrive during one call form the next batch. Whatever a
+batch raises (even a `BaseException` such as a Rust panic) fails that batch's requests only, and a
+request cancelled while it waits (its client has gone) is dropped before the batch runs.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class BatchStats:
         }
 
 
+class BatchFailed(RuntimeError):
+    """What the requests of a failed batch get: the batch function's error, named in one line."""
+
+
 class Batcher(Generic[Item, Result]):
     """`await batcher.submit(items)` -> the results of `run_batch` for those items, in order.
 
@@ -56,11 +62,14 @@ class Batcher(Generic[Item, Result]):
         self.stats = BatchStats()
         self.queue: asyncio.Queue[tuple[list[Item], asyncio.Future]] = asyncio.Queue()
         self.held_over: tuple[list[Item], asyncio.Future] | None = None  # too big for the last batch
+        self.waiting_items = 0  # queued, not yet in a batch
 
     async def submit(self, items: list[Item]) -> list[Result]:
+        """The results for `items`; cancelling the caller drops them if their batch has not started."""
         future = asyncio.get_running_loop().create_future()
         self.stats.requests += 1
         self.stats.items += len(items)
+        self.waiting_items += len(items)
         await self.queue.put((items, future))
         return await future
 
@@ -78,29 +87,34 @@ class Batcher(Generic[Item, Result]):
             else:
                 try:
                     waiting = await asyncio.wait_for(self.queue.get(), timeout)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     break
             if size + len(waiting[0]) > self.max_batch_size:
                 self.held_over = waiting  # it starts the next batch
                 break
             batch.append(waiting)
             size += len(waiting[0])
+        self.waiting_items -= sum(len(request_items) for request_items, _ in batch)
         return batch
 
     async def run(self) -> None:
         """Answer batches until cancelled; a failed batch fails its requests only."""
         while True:
-            batch = await self.gather()
+            batch = [request for request in await self.gather() if not request[1].done()]
             items = [item for request_items, _ in batch for item in request_items]
+            if not items:  # every client of this batch has gone
+                continue
             self.stats.batches += 1
             self.stats.sizes[len(items)] += 1
             try:
                 results = await asyncio.to_thread(self.run_batch, items)
-            except Exception as err:
-                log.error("a batch of %d items failed: %r", len(items), err)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as err:  # a Rust panic is a BaseException: this task must not die of it
+                log.error("a batch of %d items failed: %s: %s", len(items), type(err).__name__, err)
                 for _, future in batch:
                     if not future.done():
-                        future.set_exception(err)
+                        future.set_exception(BatchFailed(f"{type(err).__name__}: {err}"))
                 continue
             start = 0
             for request_items, future in batch:

@@ -21,6 +21,14 @@ from gpt_classifier.errors import GPTClassifierError
 
 # The metadata keys every export writes (`TextClassifier.settings()`); the reading keys are extra.
 REQUIRED_KEYS = ("class_names", "max_length", "context_length", "padding", "pad_token_id")
+# What each must hold, checked at load (a bad value would otherwise fail every prediction).
+METADATA_TYPES = {
+    "class_names": list,
+    "max_length": (int, type(None)),
+    "context_length": int,
+    "padding": str,
+    "pad_token_id": int,
+}
 
 
 def read_metadata(session: ort.InferenceSession, path: str | Path) -> dict[str, Any]:
@@ -33,11 +41,18 @@ def read_metadata(session: ort.InferenceSession, path: str | Path) -> dict[str, 
             "`export.py --format onnx`; export the checkpoint again"
         )
     try:
-        return {key: json.loads(value) for key, value in props.items()}
+        settings = {key: json.loads(value) for key, value in props.items()}
     except json.JSONDecodeError as err:
         raise GPTClassifierError(
             f"{path}: unreadable metadata ({err}); export the checkpoint again"
         ) from None
+    for key, wanted in METADATA_TYPES.items():
+        value = settings.get(key)
+        if not isinstance(value, wanted) or isinstance(value, bool) or (key == "class_names" and not value):
+            raise GPTClassifierError(
+                f"{path}: metadata {key}={value!r} is not a valid {key}; export the checkpoint again"
+            )
+    return settings
 
 
 def providers(device: str) -> list[str]:

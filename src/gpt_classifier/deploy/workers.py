@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 
 from gpt_classifier.cpu_threads import usable_cpus
+from gpt_classifier.deploy.guard import Security
 from gpt_classifier.deploy.predictor import load_predictor
 from gpt_classifier.deploy.server import Limits, create_app
 
@@ -23,12 +25,15 @@ SETTINGS_VARIABLE = "GPT_CLASSIFIER_SERVE_SETTINGS"
 
 @dataclass
 class WorkerSettings:
-    """What a worker process needs to build the app: the model, its device and threads, the limits."""
+    """What a worker process needs to build the app: the model, its device and threads, the limits and
+    who may ask."""
 
     checkpoint: str
     device: str = "auto"
     threads: int | None = None
     limits: dict[str, Any] = field(default_factory=lambda: asdict(Limits()))
+    security: dict[str, Any] = field(default_factory=lambda: asdict(Security()))
+    access_log: bool = True
 
     def to_environment(self) -> None:
         """Pass the settings to the worker processes, which inherit this process's environment."""
@@ -44,4 +49,10 @@ def app_from_env() -> FastAPI:
     """uvicorn's app factory (`factory=True`) in each worker: the model loaded from the settings."""
     settings = WorkerSettings(**json.loads(os.environ[SETTINGS_VARIABLE]))
     predictor = load_predictor(settings.checkpoint, settings.device, settings.threads)
-    return create_app(predictor, Limits(**settings.limits))
+    return create_app(
+        predictor,
+        Limits(**settings.limits),
+        Security(**settings.security),
+        checkpoint=Path(settings.checkpoint).name,
+        access_log=settings.access_log,
+    )

@@ -26,6 +26,10 @@ STATE_PREFIX = "classifier."
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A Lightning checkpoint, loaded safely (`weights_only=True`), or one clear error."""
     path = Path(path)
+    if path.is_dir():
+        raise GPTClassifierError(
+            f"checkpoint {path} is a directory: pass the .ckpt file in it (e.g. last.ckpt)"
+        )
     if not path.is_file():
         raise GPTClassifierError(f"checkpoint {path} not found")
     try:
@@ -71,6 +75,23 @@ def load_classifier(
     `merge=True` folds LoRA factors into plain weights: the same outputs, less work.
     """
     checkpoint = read_checkpoint(path, map_location)
+    try:
+        classifier = classifier_of(checkpoint)
+    except GPTClassifierError:
+        raise
+    except Exception as err:  # settings of the wrong types, weights of the wrong shapes or names
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise GPTClassifierError(
+            f"checkpoint {path} is damaged: its settings and weights do not make a model "
+            f"({type(err).__name__}: {first_line[:200]}); use another checkpoint or train again"
+        ) from None
+    if merge:
+        merge_lora(classifier.model)
+    return classifier.to(map_location).eval()
+
+
+def classifier_of(checkpoint: dict[str, Any]) -> TextClassifier:
+    """The classifier its settings describe, holding its weights (built on the meta device first)."""
     settings = classifier_settings(checkpoint["hyper_parameters"])
     settings["model"] = {**settings["model"], "weights": "random"}  # the checkpoint holds every weight
     with torch.device("meta"), skipped_normal_init():  # no time on weights that are replaced at once
@@ -87,9 +108,7 @@ def load_classifier(
         )
     classifier.load_state_dict(state, assign=True)
     classifier.set_decision(checkpoint.get("decision") or {})
-    if merge:
-        merge_lora(classifier.model)
-    return classifier.to(map_location).eval()
+    return classifier
 
 
 def write_decision(path: str | Path, decision: dict[str, Any]) -> None:
