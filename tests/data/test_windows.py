@@ -3,13 +3,12 @@
 import random
 import time
 
-import pandas as pd
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from gpt_classifier.data.datamodule import TextClassificationDataModule
-from gpt_classifier.data.tokenizer import get_tokenizer
 from gpt_classifier.data.long_texts import (
     LongTexts,
     aggregate_rows,
@@ -17,6 +16,7 @@ from gpt_classifier.data.long_texts import (
     bounded_suffix_tokens,
     char_budget,
 )
+from gpt_classifier.data.tokenizer import get_tokenizer
 from gpt_classifier.data.windows import aggregate_logits
 from gpt_classifier.errors import GPTClassifierError
 

@@ -76,7 +76,7 @@ def load_classifier(
     """
     checkpoint = read_checkpoint(path, map_location)
     try:
-        classifier = classifier_of(checkpoint)
+        classifier = classifier_of(checkpoint, path)
     except GPTClassifierError:
         raise
     except Exception as err:  # settings of the wrong types, weights of the wrong shapes or names
@@ -90,8 +90,9 @@ def load_classifier(
     return classifier.to(map_location).eval()
 
 
-def classifier_of(checkpoint: dict[str, Any]) -> TextClassifier:
-    """The classifier its settings describe, holding its weights (built on the meta device first)."""
+def classifier_of(checkpoint: dict[str, Any], path: str | Path) -> TextClassifier:
+    """The classifier its settings describe, holding its weights (built on the meta device first);
+    `path` names the file in errors."""
     settings = classifier_settings(checkpoint["hyper_parameters"])
     settings["model"] = {**settings["model"], "weights": "random"}  # the checkpoint holds every weight
     with torch.device("meta"), skipped_normal_init():  # no time on weights that are replaced at once

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from gpt_classifier.atomic_files import write_json_atomic
 from gpt_classifier.data.datamodule import SPLITS
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.training.lightning_module import SHORT_NAMES
+from gpt_classifier.training.final_evaluation import SHORT_NAMES
 from gpt_classifier.training.task import METRIC_KEYS
 
 

@@ -34,16 +34,14 @@ from gpt_classifier.data.windows import aggregate_logits
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.classifier import build_classifier
 from gpt_classifier.model.finetune import count_parameters, first_trainable_block
-from gpt_classifier.training.calibration import calibrate, check_method
+from gpt_classifier.training.calibration import check_method
 from gpt_classifier.training.callbacks import ClearCacheOnFailure
-from gpt_classifier.training.decision import check_settings, choose_threshold, class_weights, scores
-from gpt_classifier.training.multilabel import multilabel_results, pos_weight
-from gpt_classifier.training.reports import per_class_report
+from gpt_classifier.training.decision import check_settings, class_weights
+from gpt_classifier.training.final_evaluation import SHORT_NAMES, finish
+from gpt_classifier.training.multilabel import pos_weight
 from gpt_classifier.training.trunk_cache import TrunkCache
 
 log = logging.getLogger(__name__)
-
-SHORT_NAMES = {"train": "train", "validation": "val", "test": "test"}  # as in the book's printouts
 
 
 def rng_states() -> dict[str, Any]:
@@ -279,61 +277,8 @@ class GPTClassifier(L.LightningModule):
             metric.reset()
 
     def on_test_epoch_end(self) -> None:
-        """The temperature (fitted on the validation split with `calibration=temperature`), the decision
-        threshold (picked on the calibrated validation probabilities when `decision.min_precision` is
-        set), then `final_metrics` (accuracy with that threshold, and loss, per split) and the test
-        split's per-class report and scores."""
-        logits = {}
-        for split in SPLITS:
-            stage = f"final_{SHORT_NAMES[split]}"
-            if self.mean_loss[stage].update_count:
-                split_logits = self.final_logits[stage].compute().view(-1, len(self.class_names)).cpu()
-                labels = self.final_labels[stage].compute().long().cpu()
-                logits[split] = (
-                    split_logits,
-                    labels.view(len(split_logits), -1) if self.multi_label else labels,
-                )
-                self.final_metrics[f"{SHORT_NAMES[split]}_loss"] = float(self.mean_loss[stage].compute())
-        if self.multi_label:  # a sigmoid per label: no temperature is fitted
-            self.classifier.temperature = self.loaded_temperature
-            self.multilabel_test_end(
-                {s: (values.sigmoid(), labels) for s, (values, labels) in logits.items()}
-            )
-            return
-        if "test" in logits:
-            self.uncalibrated_test_probs = logits["test"][0].softmax(-1)
-        method = self.hparams["calibration"]["method"]
-        temperature, logits, self.calibration_report = calibrate(
-            logits, method, temperature=self.loaded_temperature
-        )
-        self.classifier.temperature = temperature
-        outputs = {split: (values.softmax(-1), labels) for split, (values, labels) in logits.items()}
-        min_precision = (self.decision or {}).get("min_precision")
-        if min_precision is not None and "validation" in outputs:
-            self.classifier.threshold = choose_threshold(
-                *outputs["validation"], self.classifier.positive_class, min_precision
-            )
-        for split, (probs, labels) in outputs.items():
-            accuracy = float((self.classifier.decide(probs) == labels).float().mean())
-            self.final_metrics[f"{SHORT_NAMES[split]}_acc"] = accuracy
-            self.log(f"final/{SHORT_NAMES[split]}_acc", accuracy)
-        if "test" in outputs:
-            probs, labels = self.test_outputs = outputs["test"]
-            self.confusion.update(self.classifier.decide(probs).to(self.device), labels.to(self.device))
-            self.test_report = per_class_report(self.confusion.compute().cpu(), self.class_names)
-            self.test_scores = scores(
-                probs, labels, self.classifier.positive_class, self.classifier.threshold
-            )
-
-    def multilabel_test_end(self, outputs: dict[str, tuple[Tensor, Tensor]]) -> None:
-        """Several labels: thresholds (training only), subset accuracy per split, the test report."""
-        reports = multilabel_results(outputs, self.classifier, self.decision)
-        for split, report in reports.items():
-            self.final_metrics[f"{SHORT_NAMES[split]}_acc"] = report["subset_accuracy"]
-            for key in ("subset_accuracy", "micro_f1", "macro_f1"):
-                self.log(f"final/{SHORT_NAMES[split]}_{key}", report[key])
-        if "test" in outputs:
-            self.test_outputs, self.test_report = outputs["test"], reports["test"]
+        """Every split's numbers from its logits (see `final_evaluation.finish`)."""
+        finish(self)
 
     def teardown(self, stage: str) -> None:
         if stage == "test" and self.cache is not None:

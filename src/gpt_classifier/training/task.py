@@ -26,7 +26,8 @@ from gpt_classifier.model.checkpoint import classifier_settings, read_hyper_para
 from gpt_classifier.training.calibration import plot_reliability
 from gpt_classifier.training.callbacks import AtomicCheckpointIO, link_or_copy
 from gpt_classifier.training.decision import ARGMAX_THRESHOLD, positive_index
-from gpt_classifier.training.lightning_module import SHORT_NAMES, GPTClassifier
+from gpt_classifier.training.final_evaluation import SHORT_NAMES
+from gpt_classifier.training.lightning_module import GPTClassifier
 from gpt_classifier.training.multilabel import plot_per_label
 from gpt_classifier.training.phases import PhaseTimer
 from gpt_classifier.training.reports import close, plot_confusion, plot_curves, plot_history
