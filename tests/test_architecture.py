@@ -50,6 +50,18 @@ def imported_modules(path: Path) -> set[str]:
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 
 
+def body_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from the first statement after the signature and docstring to the end: what one reads to
+    follow it (a constructor's keyword arguments, one a line, are its settings' list, not its logic)."""
+    body = function.body
+    first = (
+        body[1]
+        if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+        else body[0]
+    )
+    return function.end_lineno - first.lineno + 1
+
+
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_imports_point_down(path):
     area = path.relative_to(PACKAGE).parts[0]
@@ -89,7 +101,7 @@ def test_files_and_functions_read_in_one_sitting():
             too_long.append(f"{path.relative_to(PACKAGE)}: {source.count(chr(10))} lines")
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                length = node.end_lineno - node.lineno + 1
+                length = body_lines(node)
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}: {length} lines")
     assert not too_long, "\n".join(too_long)

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from gpt_classifier.data.datamodule import SPLITS, LengthGroupedBatchSampler, TextClassificationDataModule
+from gpt_classifier.data.datamodule import SPLITS, TextClassificationDataModule
 from gpt_classifier.data.download import download, sha256_of
+from gpt_classifier.data.samplers import LengthGroupedBatchSampler
 from gpt_classifier.data.sms import SMS_SHA256, SMS_ZIP, SpamDataModule, read_sms_collection
 from gpt_classifier.data.tokenizer import PAD_TOKEN_ID, get_tokenizer
 from gpt_classifier.errors import GPTClassifierError

@@ -19,7 +19,8 @@ from helpers import TINY_OVERRIDES, TRAIN_PY, run_many
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DistributedSampler
 
-from gpt_classifier.data.datamodule import LengthGroupedBatchSampler, TextClassificationDataModule
+from gpt_classifier.data.datamodule import TextClassificationDataModule
+from gpt_classifier.data.samplers import LengthGroupedBatchSampler
 from gpt_classifier.model.checkpoint import read_checkpoint
 from gpt_classifier.training.task import METRIC_KEYS
 

@@ -14,12 +14,16 @@ import socket
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from types import FrameType
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from gpt_classifier.deploy.connections import OneLinePerInterval, header_deadline_protocol
+from gpt_classifier.deploy.connections import (
+    DrainingServer,
+    OneLinePerInterval,
+    exit_cleanly,
+    header_deadline_protocol,
+)
 from gpt_classifier.deploy.guard import LOOPBACK_HOSTS, Security
 from gpt_classifier.deploy.predictor import load_predictor
 from gpt_classifier.deploy.server import Limits, create_app
@@ -211,21 +215,6 @@ def listen(host: str, port: int) -> socket.socket:
         ) from None
     sock.listen(2048)
     return sock
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server; on SIGTERM or SIGINT /ready says "draining" at once, then uvicorn stops
-    accepting and finishes the requests in flight (bounded by --graceful-timeout)."""
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.config.app.state.readiness.draining = True
-        log.info("signal %d: draining (no new connections; finishing the requests in flight)", sig)
-        super().handle_exit(sig, frame)
-
-
-def exit_cleanly(sig: int, frame: FrameType | None) -> None:
-    """uvicorn raises the stopping signal again once it has drained: that is a clean stop, exit 0."""
-    raise SystemExit(0)
 
 
 def setup_logging() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from gpt_classifier.atomic_files import replace_atomically
 from gpt_classifier.data.encoding import (
@@ -34,6 +34,7 @@ from gpt_classifier.data.encoding import (
     encode_corpus,
 )
 from gpt_classifier.data.long_texts import LongTexts
+from gpt_classifier.data.samplers import LengthGroupedBatchSampler, draw_seed
 from gpt_classifier.data.tokenizer import PAD_TOKEN_ID, get_tokenizer
 from gpt_classifier.data.windows import WindowCollate, WindowedDataset, long_text_dataset
 from gpt_classifier.errors import GPTClassifierError
@@ -46,11 +47,6 @@ Padding = Literal["max_length", "dynamic", "none"]
 
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
     replace_atomically(path, lambda f: f.write(df.to_csv(index=None).encode()))
-
-
-def draw_seed() -> int:
-    """A shuffling seed from torch's global generator, so `seed_everything` fixes it."""
-    return int(torch.randint(0, 2**31 - 1, ()).item())
 
 
 def check_batching(
@@ -74,6 +70,16 @@ def check_batching(
         )
     if batch_size < 1:
         raise GPTClassifierError(f"data.batch_size={batch_size} must be at least 1")
+
+
+def several_labels(multi_label: bool, label_columns: Sequence[str] | None, *, readable: bool) -> bool:
+    """Whether texts have several labels; one line where this data cannot say (only own files can)."""
+    if label_columns or (multi_label and not readable):
+        option = "data.label_columns" if label_columns else "data.multi_label=true"
+        raise GPTClassifierError(
+            f"{option} reads several labels from your own file: use data=csv data.path=<file>"
+        )
+    return bool(multi_label)
 
 
 class TextClassificationDataModule(L.LightningDataModule):
@@ -126,12 +132,9 @@ class TextClassificationDataModule(L.LightningDataModule):
             padding=padding,
             truncation_side=truncation_side,
         )
-        if label_columns or (multi_label and not self.reads_several_labels):
-            option = "data.label_columns" if label_columns else "data.multi_label=true"
-            raise GPTClassifierError(
-                f"{option} reads several labels from your own file: use data=csv data.path=<file>"
-            )
-        self.multi_label = bool(multi_label)  # labels: a 0/1 row per text (`encoding.decode_labels`)
+        self.multi_label = several_labels(
+            multi_label, label_columns, readable=self.reads_several_labels
+        )  # labels: a 0/1 row per text (`encoding.decode_labels`)
         self.long_texts_settings = {
             "long_texts": long_texts,
             "window_stride": window_stride,
@@ -188,27 +191,7 @@ class TextClassificationDataModule(L.LightningDataModule):
             self.max_length = int(self.max_length_option)
         self.long_texts = LongTexts.from_settings(self.long_texts_settings, self.max_length)
         for split, df in frames.items():
-            ids = encoded[split]
-            labels = (
-                decode_labels(df[self.label_column].tolist(), self.num_classes)
-                if self.multi_label
-                else df[self.label_column].astype(int).tolist()
-            )
-            if self.long_texts.mode != "truncate":
-                self.datasets[split] = long_text_dataset(split, ids, labels, self.long_texts)
-                continue
-            cut = ids.lengths[ids.lengths > self.max_length]
-            if len(cut):
-                log.info(
-                    "%s: cut %d of %d texts (median length %d tokens) to %d tokens, keeping their %s",
-                    split,
-                    len(cut),
-                    len(ids),
-                    int(np.median(cut)),
-                    self.max_length,
-                    "beginning" if self.truncation_side == "right" else "end",
-                )
-            self.datasets[split] = EncodedDataset(ids.truncate(self.max_length, self.truncation_side), labels)
+            self.datasets[split] = self._dataset(split, df, encoded[split])
         tokens = sum(len(d.token_ids.flat) for d in self.datasets.values())
         log.info(
             "read and tokenized %s texts (%s tokens kept) in %.1f s",
@@ -216,6 +199,28 @@ class TextClassificationDataModule(L.LightningDataModule):
             f"{tokens:,}",
             time.perf_counter() - started,
         )
+
+    def _dataset(self, split: str, df: pd.DataFrame, ids: TokenArrays) -> EncodedDataset | WindowedDataset:
+        """One split's texts as the model reads them (cut, head and tail, or windows) with their labels."""
+        labels = (
+            decode_labels(df[self.label_column].tolist(), self.num_classes)
+            if self.multi_label
+            else df[self.label_column].astype(int).tolist()
+        )
+        if self.long_texts.mode != "truncate":
+            return long_text_dataset(split, ids, labels, self.long_texts)
+        cut = ids.lengths[ids.lengths > self.max_length]
+        if len(cut):
+            log.info(
+                "%s: cut %d of %d texts (median length %d tokens) to %d tokens, keeping their %s",
+                split,
+                len(cut),
+                len(ids),
+                int(np.median(cut)),
+                self.max_length,
+                "beginning" if self.truncation_side == "right" else "end",
+            )
+        return EncodedDataset(ids.truncate(self.max_length, self.truncation_side), labels)
 
     def token_ids(self, split: str) -> TokenArrays:
         """Every example's token ids (with windows: every window's), in the split's order (what the
@@ -285,66 +290,3 @@ class TextClassificationDataModule(L.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         """Every split in full with the model to evaluate, as the book does at the end."""
         return [self._loader(split, train=False) for split in SPLITS]
-
-
-class LengthGroupedBatchSampler(Sampler[list[int]]):
-    """Batches of similar length, to pad less: shuffle, sort within windows of batches, shuffle batches.
-
-    The shuffle is a function of (seed, epoch); Lightning calls `set_epoch`. With `shuffle=False`
-    batches follow sorted length (longest first). With several processes, every one makes the same
-    batches and takes every n-th; in training (`drop_last`) the batches are first cut to a multiple
-    of the processes, so that all take the same number of steps.
-    """
-
-    def __init__(
-        self,
-        lengths: list[int],
-        batch_size: int,
-        *,
-        shuffle: bool,
-        drop_last: bool,
-        rank: int = 0,
-        world: int = 1,
-        window: int = 50,
-    ) -> None:
-        self.seed = draw_seed()
-        self.epoch = 0
-        self.rank, self.world = rank, world
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.window = window * batch_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._batches()
-        rank, world = self.rank, self.world
-        if self.drop_last:
-            batches = batches[: len(batches) // world * world]
-        yield from batches[rank::world]
-
-    def _batches(self) -> list[list[int]]:
-        if not self.shuffle:
-            order = sorted(range(len(self.lengths)), key=self.lengths.__getitem__, reverse=True)
-            return self._cut(order)
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        batches = []
-        for start in range(0, len(order), self.window):
-            window = sorted(order[start : start + self.window], key=self.lengths.__getitem__)
-            batches.extend(self._cut(window))
-        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-
-    def _cut(self, order: list[int]) -> list[list[int]]:
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        return batches
-
-    def __len__(self) -> int:
-        full, rest = divmod(len(self.lengths), self.batch_size)
-        count = full if self.drop_last or not rest else full + 1
-        return count // self.world if self.drop_last else len(range(self.rank, count, self.world))

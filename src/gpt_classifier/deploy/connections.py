@@ -11,31 +11,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
+from types import FrameType
+from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
-def header_deadline_protocol(header_timeout_s: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol, closing connections that do not complete a request's headers in time."""
+class HeaderDeadlineProtocol(H11Protocol):
+    """uvicorn's h11 protocol, closing connections that do not complete a request's headers within
+    `header_timeout_s` (a module-level class: `--workers` pickles it into each worker process)."""
 
-    class HeaderDeadlineProtocol(H11Protocol):
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self.arm_header_deadline()
+    def __init__(self, *args: Any, header_timeout_s: float = 10.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout_s = header_timeout_s
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self.arm_header_deadline()
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.arm_header_deadline()
 
-        def arm_header_deadline(self) -> None:
-            self.loop.call_later(header_timeout_s, self.close_if_no_new_request, self.cycle)
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.arm_header_deadline()
 
-        def close_if_no_new_request(self, cycle_when_armed: object) -> None:
-            """No request's headers arrived since the deadline was set (h11 makes a cycle per request)."""
-            if self.cycle is cycle_when_armed and not self.transport.is_closing():
-                self.transport.close()
+    def arm_header_deadline(self) -> None:
+        self.loop.call_later(self.header_timeout_s, self.close_if_no_new_request, self.cycle)
 
-    return HeaderDeadlineProtocol
+    def close_if_no_new_request(self, cycle_when_armed: object) -> None:
+        """No request's headers arrived since the deadline was set (h11 makes a cycle per request)."""
+        if self.cycle is cycle_when_armed and not self.transport.is_closing():
+            self.transport.close()
+
+
+def header_deadline_protocol(header_timeout_s: float) -> Callable[..., HeaderDeadlineProtocol]:
+    """The protocol factory uvicorn's `http` setting takes, with the deadline bound (picklable)."""
+    return partial(HeaderDeadlineProtocol, header_timeout_s=header_timeout_s)
 
 
 class OneLinePerInterval(logging.Filter):
@@ -63,3 +75,21 @@ class OneLinePerInterval(logging.Filter):
             record.msg, record.args = f"{record.getMessage()} ({hidden} more like this)", None
         self.last_shown[key] = (now, 0)
         return True
+
+
+log = logging.getLogger("gpt_classifier.serve")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server; on SIGTERM or SIGINT /ready says "draining" at once, then uvicorn stops
+    accepting and finishes the requests in flight (bounded by --graceful-timeout)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.config.app.state.readiness.draining = True
+        log.info("signal %d: draining (no new connections; finishing the requests in flight)", sig)
+        super().handle_exit(sig, frame)
+
+
+def exit_cleanly(sig: int, frame: FrameType | None) -> None:
+    """uvicorn raises the stopping signal again once it has drained: that is a clean stop, exit 0."""
+    raise SystemExit(0)

@@ -1,11 +1,10 @@
 """`GPTClassifier`: the LightningModule that trains a `TextClassifier` as chapter 6 does.
 
 It builds the classifier (GPT-2 with a fresh head and a trainable-layer policy), trains it with
-cross-entropy on the logits at one read position per example (the last token, by default), keeps
-the per-epoch history behind the book's plots, and, at the end, evaluates every split with the best
-checkpoint (`test`): the decision threshold (two classes), accuracy, loss, and the test split's
-per-class report and scores. When the trainable
-part is a tail above a frozen, deterministic trunk, the trunk's output comes from a `TrunkCache`.
+cross-entropy on the logits at one read position per example (the last token, by default; a sigmoid
+per label with several labels), keeps the per-epoch history behind the book's plots, and evaluates
+every split with the best checkpoint at the end (`test`, finished by `final_evaluation.py`). When the
+trainable part is a tail above a frozen, deterministic trunk, its input comes from a `TrunkCache`.
 """
 
 from __future__ import annotations
@@ -23,11 +22,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import CatMetric, MeanMetric
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MultilabelExactMatch,
-)
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MultilabelExactMatch
 
 from gpt_classifier.data.datamodule import SPLITS
 from gpt_classifier.data.windows import aggregate_logits
@@ -39,23 +34,10 @@ from gpt_classifier.training.callbacks import ClearCacheOnFailure
 from gpt_classifier.training.decision import check_settings, class_weights
 from gpt_classifier.training.final_evaluation import SHORT_NAMES, finish
 from gpt_classifier.training.multilabel import pos_weight
+from gpt_classifier.training.resume import rng_states, set_rng_states
 from gpt_classifier.training.trunk_cache import TrunkCache
 
 log = logging.getLogger(__name__)
-
-
-def rng_states() -> dict[str, Any]:
-    """torch's CPU and CUDA random states: what dropout draws from."""
-    states: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["cpu"])
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class GPTClassifier(L.LightningModule):

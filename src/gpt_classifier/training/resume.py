@@ -1,10 +1,13 @@
-"""Resume checks: does a checkpoint fit the run that wants to continue from it? (No Lightning.)"""
+"""Resuming a run: does a checkpoint fit the run that wants to continue from it, and the random
+state it continues from. (No Lightning.)"""
 
 from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.model.checkpoint import read_hyper_parameters
@@ -61,3 +64,17 @@ def check_resume(path: str | Path, run_hparams: dict[str, Any]) -> None:
             f"checkpoint {path} was trained with {' and '.join(theirs)}; this run builds "
             f"{' and '.join(ours)}: pass the matching {fix}, or another checkpoint"
         )
+
+
+def rng_states() -> dict[str, Any]:
+    """torch's CPU and CUDA random states: what dropout draws from."""
+    states: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
