@@ -25,6 +25,7 @@ from gpt_classifier.training.lightning_module import GPTClassifier
 DOCS = ROOT / "docs"
 BPE_DIR = ROOT / "src" / "gpt_classifier" / "assets" / "gpt2-bpe"
 ROOFLINE_PY = ROOT / "bench" / "roofline.py"
+PACKAGE = ROOT / "src" / "gpt_classifier"
 
 
 def marked_block(page: Path, name: str) -> str:
@@ -192,3 +193,20 @@ def test_roofline_floor_is_the_larger_of_compute_and_memory(sms_split_dir):
             assert float(row[8]) == pytest.approx(float(row[7]) / roof, abs=rounding), row
     training = {row[0]: float(row[2]) for row in rows if row[1] == "training"}
     assert training["a"] > training["b"] > training["c"] > 0  # each mode removes work
+
+
+def test_architecture_page_names_every_module():
+    """architecture.md's package layout has one line per module, named by its path relative to
+    `src/gpt_classifier/` (`deploy/guard.py`, `errors.py`): a module added, moved or removed fails
+    here until the page says so."""
+    layout = marked_block(DOCS / "architecture.md", "package-layout")
+    named = re.findall(r"^\s*(\S+\.py)(?:\s|$)", layout, re.M)
+    modules = sorted(
+        path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py") if path.name != "__init__.py"
+    )
+    missing = [m for m in modules if m not in named]
+    assert not missing, f"docs/architecture.md's package layout names no line for {missing}"
+    unknown = sorted(set(named) - set(modules) - {"__init__.py"})
+    assert not unknown, f"docs/architecture.md's package layout names {unknown}: not modules of the package"
+    twice = sorted({name for name in named if named.count(name) > 1})
+    assert not twice, f"docs/architecture.md's package layout names {twice} more than once"
