@@ -116,12 +116,15 @@ def choose_threads(threads: int | None = None, root: Path = CGROUP_ROOT) -> tupl
     return automatic_threads(usable, busy), f"{usable} usable CPUs, {busy:.1f} busy with other work"
 
 
-def apply_threads(threads: int | None = None, root: Path = CGROUP_ROOT) -> int:
-    """Set torch's intra-op threads as `choose_threads` says and return the number in force."""
+def apply_threads(
+    threads: int | None = None, root: Path = CGROUP_ROOT, *, log_level: int = logging.DEBUG
+) -> int:
+    """Set torch's intra-op threads as `choose_threads` says and return the number in force (logged
+    at `log_level`: a training run's log says it; a command line's errors stay one line)."""
     import torch
 
     count, reason = choose_threads(threads, root)
     if count:
         torch.set_num_threads(count)
-    log.info("CPU threads: %d (%s)", torch.get_num_threads(), reason)
+    log.log(log_level, "CPU threads: %d (%s)", torch.get_num_threads(), reason)
     return torch.get_num_threads()

@@ -117,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     print_lightning_lines_once()
     with no_stub_folder_on_failure(Path(cfg.paths.output_dir)):
         check_config(cfg)
-        apply_threads(cfg.get("threads"))
+        apply_threads(cfg.get("threads"), log_level=logging.INFO)
         L.seed_everything(cfg.seed, workers=True)
         datamodule, module = make_run(cfg)
         trainer = make_trainer(cfg)
