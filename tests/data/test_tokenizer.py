@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from gpt_classifier.data.encoding import encode_corpus, encode_texts
+from gpt_classifier.data.encoding import encode_corpus
+from gpt_classifier.data.long_texts import LongTexts
 from gpt_classifier.data.tokenizer import (
     ENDOFTEXT,
     PAD_TOKEN_ID,
@@ -188,12 +189,13 @@ def test_a_million_spaces_and_a_letter_are_read_only_as_far_as_needed():
 
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_corpus_and_prediction_encoding_are_bounded(side):
-    """`encode_corpus` (training) and `encode_texts` (prediction) cut exactly as whole tokenizing would."""
+    """`encode_corpus` (training) and `LongTexts.encode` (prediction) cut exactly as whole tokenizing
+    would, and alike."""
     tokenizer = get_tokenizer()
     texts = ["short", " " * 999_999 + "x", "word " * 5000, "", "a" * 20_000]
     whole = [tokenizer.encode_ordinary(text) for text in texts[2:]]
     corpus = [ids.tolist() for ids in encode_corpus(tokenizer, texts, max_length=7, side=side)]
     assert corpus[0] == tokenizer.encode_ordinary("short") and corpus[1] in ([220] * 7, [220] * 6 + [2124])
     assert corpus[2:] == [ids[:7] if side == "right" else ids[-7:] for ids in whole]
-    if side == "right":
-        assert encode_texts(tokenizer, texts, 7) == corpus
+    reading = LongTexts(max_length=7, truncation_side=side)
+    assert [list(reading.encode(tokenizer, text)[0]) for text in texts] == corpus
