@@ -1,10 +1,8 @@
 """CPU threads: the CPUs a process may use (affinity, cgroup quota), less those other work keeps busy."""
 
-import multiprocessing
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from helpers import TINY_OVERRIDES, TRAIN_PY, cli_env, run_cli
@@ -87,23 +85,21 @@ def test_cpu_times_parses_proc_stat(tmp_path):
     assert cpu_times({0, 12}, stat) == {0: (45, 72), 12: (2, 8)}
 
 
-def spin(seconds):
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    stop = time.time() + seconds
-    while time.time() < stop:
-        pass
+SPIN = (
+    "import os, sys, time; os.sched_setaffinity(0, {int(sys.argv[1])}); print('spinning', flush=True); "
+    "stop = time.time() + 20\nwhile time.time() < stop: pass"
+)
 
 
 def test_busy_cpus_sees_a_spinning_process():
     cpu = min(os.sched_getaffinity(0))
-    spinner = multiprocessing.get_context("spawn").Process(target=spin, args=(5,))
-    spinner.start()
+    spinner = subprocess.Popen([sys.executable, "-c", SPIN, str(cpu)], stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.0)  # the child has started and pinned itself
-        assert busy_cpus({cpu}, seconds=0.3) > 0.8
+        assert spinner.stdout.readline().strip() == "spinning"  # pinned to `cpu` and running
+        assert busy_cpus({cpu}, seconds=0.5) > 0.8
     finally:
-        spinner.terminate()
-        spinner.join()
+        spinner.kill()
+        spinner.wait()
 
 
 def threads_after(code, env_extra=None):
