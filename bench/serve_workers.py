@@ -65,7 +65,8 @@ def measure(port: int, texts: list[str], clients: int, requests: int) -> dict:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         for i in range(count):
             started = time.perf_counter()
-            connection.request("POST", "/predict", json.dumps({"text": texts[i % len(texts)]}))
+            body = json.dumps({"text": texts[i % len(texts)]})
+            connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
             response = connection.getresponse()
             response.read()
             if response.status != 200:
