@@ -74,13 +74,32 @@ def test_the_wait_is_bounded():
 
 
 def test_requests_arriving_during_a_batch_form_the_next_one():
-    """No wait at all (max_wait_ms=0): batches still form from what queued during the last call."""
-    recorder = Recorder(seconds=0.1)
-    batcher = Batcher(recorder, max_batch_size=64, max_wait_ms=0)
-    results = asyncio.run(serve(batcher, [[i] for i in range(6)], gap=0.03))
-    assert results == [[2 * i] for i in range(6)]
-    assert recorder.batches[0] == [0]
-    assert max(len(batch) for batch in recorder.batches) > 1
+    """No wait at all (max_wait_ms=0): batches still form from what queued during the last call. The
+    first call is held until the others have queued (an event, not a race of sleeps)."""
+    release = threading.Event()
+    recorder = Recorder()
+
+    def held(items: list) -> list:
+        if not recorder.batches:
+            release.wait(timeout=30)
+        return recorder(items)
+
+    async def scenario() -> list:
+        batcher = Batcher(held, max_batch_size=64, max_wait_ms=0)
+        runner = asyncio.create_task(batcher.run())
+        first = asyncio.create_task(batcher.submit([0]))
+        while batcher.stats.batches == 0:  # the first batch is formed: the call has begun
+            await asyncio.sleep(0.001)
+        rest = [asyncio.create_task(batcher.submit([i])) for i in range(1, 6)]
+        await asyncio.sleep(0.05)  # they queue while the first call is held
+        release.set()
+        try:
+            return await asyncio.gather(first, *rest)
+        finally:
+            runner.cancel()
+
+    assert asyncio.run(scenario()) == [[2 * i] for i in range(6)]
+    assert recorder.batches == [[0], [1, 2, 3, 4, 5]]
     assert "MainThread" not in recorder.threads  # the event loop never runs the model
 
 
