@@ -139,6 +139,15 @@ def test_scores_expected_calibration_error():
     assert scores(probs, labels, positive_class=1, threshold=None)["ece"] == pytest.approx(0.3, abs=1e-6)
 
 
+def test_scores_expected_calibration_error_has_15_bins():
+    """Confidences 0.62, 0.66 (bin (0.600, 0.667] of 15) and 0.70 (bin (0.667, 0.733]), right, wrong,
+    right: (|0.64 - 0.5| * 2 + |0.70 - 1|) / 3. With 16 bins each would sit alone (0.447)."""
+    probs = torch.tensor([[0.62, 0.38], [0.66, 0.34], [0.30, 0.70]])
+    labels = torch.tensor([0, 1, 1])
+    ece = scores(probs, labels, positive_class=1, threshold=None)["ece"]
+    assert ece == pytest.approx((0.14 * 2 + 0.3) / 3, abs=1e-6)
+
+
 def test_scores_of_three_classes_are_macro_one_vs_rest():
     probs = torch.tensor(
         [[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.2, 0.7], [0.3, 0.4, 0.3], [0.5, 0.1, 0.4]]
