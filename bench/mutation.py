@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "mutation_results.md"
 EQUIVALENT = ROOT / "bench" / "mutation_equivalent.md"
+KILLED = ("killed", "timeout")  # a mutant that hangs the tests is caught too
 PYTEST_ARGS = ["-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", "-p", "no:timeout"]
 
 
@@ -90,12 +91,16 @@ def run_module(target: Target) -> dict[str, str]:
         listed = subprocess.run(
             [*mutmut, "results", "--all", "true"], cwd=work, capture_output=True, text=True, check=True
         ).stdout
-    statuses = dict(re.findall(r"^\s*(\S+): (.+)$", listed, flags=re.MULTILINE))
-    return {
-        name: status
-        for name, status in statuses.items()
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in target.functions)
-    }
+        statuses = dict(re.findall(r"^\s*(\S+): (.+)$", listed, flags=re.MULTILINE))
+        statuses = {
+            name: status
+            for name, status in statuses.items()
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in target.functions)
+        }
+        for name in sorted(n for n, status in statuses.items() if status not in KILLED):
+            shown = subprocess.run([*mutmut, "show", name], cwd=work, capture_output=True, text=True)
+            print(shown.stdout, flush=True)  # the survivor's diff, to kill or justify it
+    return statuses
 
 
 def equivalent_mutants() -> dict[str, str]:
@@ -106,8 +111,8 @@ def equivalent_mutants() -> dict[str, str]:
 
 def table_row(target: Target, statuses: dict[str, str], seconds: float) -> str:
     equivalent = set(equivalent_mutants())
-    killed = sum(status in ("killed", "timeout") for status in statuses.values())
-    survived = [name for name, status in statuses.items() if status not in ("killed", "timeout")]
+    killed = sum(status in KILLED for status in statuses.values())
+    survived = [name for name, status in statuses.items() if status not in KILLED]
     justified = [name for name in survived if name in equivalent]
     relevant = len(statuses) - len(justified)
     score = f"{100 * killed / relevant:.1f} %" if relevant else "-"
@@ -120,7 +125,7 @@ def table_row(target: Target, statuses: dict[str, str], seconds: float) -> str:
 
 
 HEADER = [
-    "| module | functions | tests | mutants | killed | survived | equivalent | killed of non-equivalent | minutes |",
+    "| module | functions | tests | mutants | killed | survived | equivalent | score | minutes |",
     "|---|---|---|---|---|---|---|---|---|",
 ]
 
@@ -150,8 +155,11 @@ def main() -> None:
         save_row(target, row)
         print(row)
         for name, status in sorted(statuses.items()):
-            if status not in ("killed", "timeout"):
-                print(f"  {status}: {name}" + (f" (equivalent: {equivalent[name]})" if name in equivalent else ""))
+            if status not in KILLED:
+                print(
+                    f"  {status}: {name}"
+                    + (f" (equivalent: {equivalent[name]})" if name in equivalent else "")
+                )
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ def test_given_weights_are_taken_as_they_are():
             [0, 3, 3],
             "loss.class_weights=balanced: classes [1, 2] have no training example; pass a list",
         ),
+        ("balanced", [0, 1, 2, 1], "loss.class_weights=balanced: classes [3] have no training example"),
         ([1, 2, 3], [0, 1], "loss.class_weights=[1, 2, 3] must be null, balanced, or 4 non-negative numbers"),
         ([1, 2, 3, -0.001], [0], "loss.class_weights=[1, 2, 3, -0.001] must be null, balanced, or 4"),
         ("inverse", [0], "loss.class_weights='inverse' must be null, balanced, or 4 non-negative numbers"),
@@ -221,3 +222,12 @@ def test_choose_threshold_keeps_argmax_when_no_threshold_is_precise_enough(caplo
         "0.6667); keeping argmax"
     ]
     assert caplog.records[0].levelno == logging.WARNING
+
+
+def test_the_best_precision_said_is_the_best_of_every_real_threshold(caplog):
+    """Tied at the top: the highest threshold's precision (1/2) is the best, the lowest's is 1/3."""
+    probs = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.1, 0.9]])
+    labels = torch.tensor([0, 1, 0])
+    with caplog.at_level(logging.WARNING, logger="gpt_classifier.training.decision"):
+        assert choose_threshold(probs, labels, positive_class=1, min_precision=0.9) is None
+    assert "(best precision 0.5000)" in caplog.messages[0]
