@@ -18,6 +18,8 @@ CONFUSIONS = {
     "a class never predicted": [[4, 0, 1], [3, 0, 2], [1, 0, 5]],  # precision 0 by convention
     "a class never true": [[4, 2, 0], [0, 0, 0], [1, 1, 3]],  # recall 0, support 0
     "one class only right": [[0, 3], [0, 5]],
+    "a class seen and predicted once": [[1, 0, 0], [0, 5, 2], [0, 1, 3]],  # precision, recall 1/1
+    "a class predicted once, wrongly": [[4, 1], [0, 3]],
     "perfect": [[3, 0], [0, 4]],
     "empty": [[0, 0], [0, 0]],
 }
@@ -60,11 +62,18 @@ def test_per_class_report_by_hand():
     assert report["b"] == pytest.approx({"precision": 10 / 12, "recall": 10 / 13, "f1": 0.8, "support": 13})
 
 
+def test_class_names_must_match_the_matrix():
+    with pytest.raises(ValueError):
+        per_class_report(torch.eye(3, dtype=torch.long), ["a", "b"])
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.integers(min_value=2, max_value=4).flatmap(
         lambda n: st.lists(
-            st.lists(st.integers(min_value=0, max_value=50), min_size=n, max_size=n), min_size=n, max_size=n
+            st.lists(st.integers(min_value=0, max_value=3) | st.integers(0, 50), min_size=n, max_size=n),
+            min_size=n,
+            max_size=n,
         )
     )
 )
