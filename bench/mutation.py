@@ -7,13 +7,16 @@ where a silent bug costs users most, and run only that module's fast tests. A bu
 
 Each module runs in its own copy of the working tree (mutmut writes `mutants/` and `setup.cfg`
 there), one test process at a time (the machine is shared). Writes `bench/mutation_results.md` (the
-table, one row per module measured; rows of modules not run are kept) and prints the survivors.
+table, one row per module measured; rows of modules not run are kept) and
+`bench/mutation_status.json` (each mutant's status), and prints the survivors with their diffs.
+`--table` rebuilds the table from the saved statuses (after justifying equivalents), running nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import re
 import shutil
 import subprocess
@@ -26,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "mutation_results.md"
 EQUIVALENT = ROOT / "bench" / "mutation_equivalent.md"
+STATUS = ROOT / "bench" / "mutation_status.json"
 KILLED = ("killed", "timeout")  # a mutant that hangs the tests is caught too
 PYTEST_ARGS = ["-x", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", "-p", "no:timeout"]
 
@@ -130,19 +134,34 @@ HEADER = [
 ]
 
 
-def save_row(target: Target, row: str) -> None:
-    """Replace this module's row of the results table (or add it), keeping the others."""
-    rows = RESULTS.read_text().splitlines()[2:] if RESULTS.exists() else []
-    rows = [r for r in rows if not r.startswith(f"| {target.module} |")] + [row]
-    order = [t.module for t in MODULES]
-    rows.sort(key=lambda r: order.index(r.split("|")[1].strip()))
+def save(target: Target, statuses: dict[str, str], seconds: float) -> None:
+    """Keep this module's statuses (replacing an earlier run's), then rewrite the table."""
+    saved = json.loads(STATUS.read_text()) if STATUS.exists() else {}
+    saved[target.module] = {"seconds": round(seconds, 1), "statuses": dict(sorted(statuses.items()))}
+    STATUS.write_text(json.dumps(saved, indent=1) + "\n")
+    write_table()
+
+
+def write_table() -> None:
+    """The table of every module with saved statuses, in the order of MODULES."""
+    saved = json.loads(STATUS.read_text()) if STATUS.exists() else {}
+    rows = [
+        table_row(t, saved[t.module]["statuses"], saved[t.module]["seconds"])
+        for t in MODULES
+        if t.module in saved
+    ]
     RESULTS.write_text("\n".join([*HEADER, *rows]) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help="modules to run (default: all of MODULES)")
+    parser.add_argument("--table", action="store_true", help="only rebuild the table from saved statuses")
     args = parser.parse_args()
+    if args.table:
+        write_table()
+        print(RESULTS.read_text(), end="")
+        return
     known = {t.module: t for t in MODULES}
     unknown = [m for m in args.modules if m not in known]
     if unknown:
@@ -151,9 +170,8 @@ def main() -> None:
     for target in [known[m] for m in args.modules] or MODULES:
         start = time.monotonic()
         statuses = run_module(target)
-        row = table_row(target, statuses, time.monotonic() - start)
-        save_row(target, row)
-        print(row)
+        save(target, statuses, time.monotonic() - start)
+        print(table_row(target, statuses, time.monotonic() - start))
         for name, status in sorted(statuses.items()):
             if status not in KILLED:
                 print(
