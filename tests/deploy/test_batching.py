@@ -1,6 +1,7 @@
 """Dynamic batching: which requests share a batch, and what a failed batch does."""
 
 import asyncio
+import logging
 import threading
 import time
 
@@ -120,3 +121,44 @@ def test_every_request_is_answered_once_under_load(max_wait_ms):
     assert results == [[2 * i] * (1 + i % 3) for i in range(200)]
     assert sum(len(batch) for batch in recorder.batches) == sum(len(r) for r in requests)
     assert all(len(batch) <= 8 for batch in recorder.batches)
+
+
+def test_no_batch_yet():
+    stats = Batcher(Recorder(), max_batch_size=4, max_wait_ms=10).stats.as_dict()
+    assert stats == {"requests": 0, "items": 0, "batches": 0, "largest_batch": 0, "batch_sizes": {}}
+
+
+def test_a_failed_batch_is_logged_once(caplog):
+    batcher = Batcher(Recorder(), max_batch_size=2, max_wait_ms=0)
+    with caplog.at_level(logging.ERROR, logger="gpt_classifier.deploy.batching"):
+        results = asyncio.run(serve(batcher, [["boom"]]))
+    assert isinstance(results[0], ValueError)
+    assert caplog.messages == ["a batch of 1 items failed: ValueError('boom')"]
+
+
+def test_a_request_whose_client_left_does_not_stop_the_others():
+    """The first request is cancelled while its batch runs: the batcher answers the next ones."""
+    release = threading.Event()
+    recorder = Recorder()
+
+    def held(items: list) -> list:
+        if not recorder.batches:
+            release.wait(timeout=30)
+        return recorder(items)
+
+    async def scenario() -> list:
+        batcher = Batcher(held, max_batch_size=4, max_wait_ms=0)
+        runner = asyncio.create_task(batcher.run())
+        gone = asyncio.create_task(batcher.submit(["gone"]))
+        while batcher.stats.batches == 0:
+            await asyncio.sleep(0.001)
+        gone.cancel()
+        release.set()
+        try:
+            answers = asyncio.gather(batcher.submit(["a"]), batcher.submit(["b", "c"]))
+            return await asyncio.wait_for(answers, timeout=30)  # a dead batcher answers nothing
+        finally:
+            runner.cancel()
+
+    assert asyncio.run(scenario()) == [["aa"], ["bb", "cc"]]
+    assert recorder.batches == [["gone"], ["a", "b", "c"]]
