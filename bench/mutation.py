@@ -48,7 +48,14 @@ MODULES = [
     Target("training/reports.py", ("*x_per_class_report__*",), ("tests/training/test_reports.py",)),
     Target(
         "model/classifier.py",
-        ("*ǁReadingǁ*", "*x_per_example__*", "*x_decide__*", "*ǁTextClassifierǁdecide__*"),
+        (
+            "*ǁReadingǁ*",
+            "*x_per_example__*",
+            "*x_decide__*",
+            "*ǁTextClassifierǁdecide__*",
+            "*ǁTextClassifierǁdecision__*",
+            "*ǁTextClassifierǁset_decision__*",
+        ),
         ("tests/model/test_reading.py",),
     ),
     Target(
@@ -113,6 +120,11 @@ def equivalent_mutants() -> dict[str, str]:
     return dict(re.findall(r"^- `([^`]+)`: (.+)$", text, flags=re.MULTILINE))
 
 
+def function_name(pattern: str) -> str:
+    """`*x_decide__*` -> decide, `*ǁReadingǁ*` -> Reading (mutmut's names for functions and methods)."""
+    return pattern.strip("*").removeprefix("x_").removesuffix("__").replace("ǁ", ".").strip(".")
+
+
 def table_row(target: Target, statuses: dict[str, str], seconds: float) -> str:
     equivalent = set(equivalent_mutants())
     killed = sum(status in KILLED for status in statuses.values())
@@ -120,7 +132,7 @@ def table_row(target: Target, statuses: dict[str, str], seconds: float) -> str:
     justified = [name for name in survived if name in equivalent]
     relevant = len(statuses) - len(justified)
     score = f"{100 * killed / relevant:.1f} %" if relevant else "-"
-    scope = "all" if target.functions == ("*",) else ", ".join(f.strip("*_x") for f in target.functions)
+    scope = "all" if target.functions == ("*",) else ", ".join(map(function_name, target.functions))
     tests = ", ".join(Path(t).name for t in target.tests)
     return (
         f"| {target.module} | {scope} | {tests} | {len(statuses)} | {killed} | "
