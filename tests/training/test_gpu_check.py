@@ -12,6 +12,7 @@ from helpers import cli_env
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timeout(1000)  # the script's own limit (900 s) decides, with the name of its stage
 def test_gpu_check_dry_run(tmp_path):
     started = time.monotonic()
     result = subprocess.run(
