@@ -62,6 +62,16 @@ def test_a_request_larger_than_the_batch_size_is_a_batch_of_its_own():
     results = asyncio.run(serve(batcher, [[1], list(range(10)), [2]]))
     assert results[1] == [2 * i for i in range(10)]
     assert recorder.batches == [[1], list(range(10)), [2]]
+    assert batcher.stats.as_dict()["batch_sizes"] == {"1": 2, "10": 1}  # two batches of one item
+
+
+def test_a_full_batch_runs_without_waiting():
+    """A request that fills the batch is answered at once, not after `max_wait_ms` (5 s here)."""
+    recorder = Recorder()
+    batcher = Batcher(recorder, max_batch_size=2, max_wait_ms=5000)
+    started = time.perf_counter()
+    assert asyncio.run(serve(batcher, [["a", "b"]])) == [["aa", "bb"]]
+    assert time.perf_counter() - started < 2.5
 
 
 def test_the_wait_is_bounded():
