@@ -50,11 +50,11 @@ def http_server(tmp_path):
 
 @pytest.fixture
 def closed_port_url():
-    """A URL on a local port that nothing listens on: connecting is refused at once."""
+    """A URL on a local port that nothing listens on: connecting is refused at once. The port stays
+    bound (not listening) for the whole test, so no other process can take it meanwhile."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/x.zip"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/x.zip"
 
 
 def data_module(split_dir, **kwargs):

@@ -104,14 +104,16 @@ def test_download_and_split_as_the_book(archive, server, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "split").iterdir()} == before
 
 
-def closed_port_url() -> str:
+@pytest.fixture
+def closed_port_url():
+    """A local port bound (so no other process takes it) but not listening: connecting is refused."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/{IMDB_ARCHIVE}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/{IMDB_ARCHIVE}"
 
 
-def test_offline_is_one_clear_line(tmp_path):
-    dm = ImdbDataModule(tmp_path / "split", urls=[closed_port_url()], cache_dir=tmp_path / "cache")
+def test_offline_is_one_clear_line(tmp_path, closed_port_url):
+    dm = ImdbDataModule(tmp_path / "split", urls=[closed_port_url], cache_dir=tmp_path / "cache")
     with pytest.raises(
         GPTClassifierError, match=r"could not be downloaded .*when offline, copy aclImdb_v1"
     ) as err:

@@ -1,6 +1,7 @@
 """Dynamic batching: which requests share a batch, and what a failed batch does."""
 
 import asyncio
+import logging
 import threading
 import time
 
@@ -62,6 +63,16 @@ def test_a_request_larger_than_the_batch_size_is_a_batch_of_its_own():
     results = asyncio.run(serve(batcher, [[1], list(range(10)), [2]]))
     assert results[1] == [2 * i for i in range(10)]
     assert recorder.batches == [[1], list(range(10)), [2]]
+    assert batcher.stats.as_dict()["batch_sizes"] == {"1": 2, "10": 1}  # two batches of one item
+
+
+def test_a_full_batch_runs_without_waiting():
+    """A request that fills the batch is answered at once, not after `max_wait_ms` (5 s here)."""
+    recorder = Recorder()
+    batcher = Batcher(recorder, max_batch_size=2, max_wait_ms=5000)
+    started = time.perf_counter()
+    assert asyncio.run(serve(batcher, [["a", "b"]])) == [["aa", "bb"]]
+    assert time.perf_counter() - started < 2.5
 
 
 def test_the_wait_is_bounded():
@@ -75,13 +86,32 @@ def test_the_wait_is_bounded():
 
 
 def test_requests_arriving_during_a_batch_form_the_next_one():
-    """No wait at all (max_wait_ms=0): batches still form from what queued during the last call."""
-    recorder = Recorder(seconds=0.1)
-    batcher = Batcher(recorder, max_batch_size=64, max_wait_ms=0)
-    results = asyncio.run(serve(batcher, [[i] for i in range(6)], gap=0.03))
-    assert results == [[2 * i] for i in range(6)]
-    assert recorder.batches[0] == [0]
-    assert max(len(batch) for batch in recorder.batches) > 1
+    """No wait at all (max_wait_ms=0): batches still form from what queued during the last call. The
+    first call is held until the others have queued (an event, not a race of sleeps)."""
+    release = threading.Event()
+    recorder = Recorder()
+
+    def held(items: list) -> list:
+        if not recorder.batches:
+            release.wait(timeout=30)
+        return recorder(items)
+
+    async def scenario() -> list:
+        batcher = Batcher(held, max_batch_size=64, max_wait_ms=0)
+        runner = asyncio.create_task(batcher.run())
+        first = asyncio.create_task(batcher.submit([0]))
+        while batcher.stats.batches == 0:  # the first batch is formed: the call has begun
+            await asyncio.sleep(0.001)
+        rest = [asyncio.create_task(batcher.submit([i])) for i in range(1, 6)]
+        await asyncio.sleep(0.05)  # they queue while the first call is held
+        release.set()
+        try:
+            return await asyncio.gather(first, *rest)
+        finally:
+            runner.cancel()
+
+    assert asyncio.run(scenario()) == [[2 * i] for i in range(6)]
+    assert recorder.batches == [[0], [1, 2, 3, 4, 5]]
     assert "MainThread" not in recorder.threads  # the event loop never runs the model
 
 
@@ -158,3 +188,44 @@ def test_waiting_items_count_what_is_queued():
         return batcher.waiting_items
 
     assert asyncio.run(scenario()) == 3
+
+
+def test_no_batch_yet():
+    stats = Batcher(Recorder(), max_batch_size=4, max_wait_ms=10).stats.as_dict()
+    assert stats == {"requests": 0, "items": 0, "batches": 0, "largest_batch": 0, "batch_sizes": {}}
+
+
+def test_a_failed_batch_is_logged_once(caplog):
+    batcher = Batcher(Recorder(), max_batch_size=2, max_wait_ms=0)
+    with caplog.at_level(logging.ERROR, logger="gpt_classifier.deploy.batching"):
+        results = asyncio.run(serve(batcher, [["boom"]]))
+    assert isinstance(results[0], BatchFailed) and str(results[0]) == "ValueError: boom"
+    assert caplog.messages == ["a batch of 1 items failed: ValueError: boom"]
+
+
+def test_a_request_whose_client_left_does_not_stop_the_others():
+    """The first request is cancelled while its batch runs: the batcher answers the next ones."""
+    release = threading.Event()
+    recorder = Recorder()
+
+    def held(items: list) -> list:
+        if not recorder.batches:
+            release.wait(timeout=30)
+        return recorder(items)
+
+    async def scenario() -> list:
+        batcher = Batcher(held, max_batch_size=4, max_wait_ms=0)
+        runner = asyncio.create_task(batcher.run())
+        gone = asyncio.create_task(batcher.submit(["gone"]))
+        while batcher.stats.batches == 0:
+            await asyncio.sleep(0.001)
+        gone.cancel()
+        release.set()
+        try:
+            answers = asyncio.gather(batcher.submit(["a"]), batcher.submit(["b", "c"]))
+            return await asyncio.wait_for(answers, timeout=30)  # a dead batcher answers nothing
+        finally:
+            runner.cancel()
+
+    assert asyncio.run(scenario()) == [["aa"], ["bb", "cc"]]
+    assert recorder.batches == [["gone"], ["a", "b", "c"]]

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -28,9 +29,9 @@ from gpt_classifier.cli.predict import read_texts
 from gpt_classifier.data.sms import SpamDataModule
 from gpt_classifier.data.tokenizer import get_tokenizer
 from gpt_classifier.deploy.onnx_export import export_onnx
-from gpt_classifier.deploy.predictor import classify_review, predict_texts
+from gpt_classifier.deploy.predictor import classify_review, load_predictor, predict_texts
 from gpt_classifier.errors import GPTClassifierError
-from gpt_classifier.model.checkpoint import load_classifier
+from gpt_classifier.model.checkpoint import load_classifier, write_decision
 from gpt_classifier.training.lightning_module import GPTClassifier
 
 CLASSES = {"not spam", "spam"}
@@ -143,6 +144,58 @@ def test_checkpoint_round_trip_predicts_the_same(trained, sms_test_split, name):
     after = predict_texts(texts, loaded, tokenizer, "cpu")
     assert [p.label for p in after] == [p.label for p in before]
     assert [p.probability for p in after] == pytest.approx([p.probability for p in before], abs=1e-6)
+
+
+def edge_threshold(spam_probabilities: list[float]) -> float:
+    """A threshold on which argmax and the thresholded decision disagree: the exact probability of the
+    most spam-like text under 0.5 (spam only through `>=`), else the highest one (the texts between
+    0.5 and it turn not spam)."""
+    below = [p for p in spam_probabilities if p < 0.5]
+    return max(below) if below else max(spam_probabilities)
+
+
+def assert_decided_at(predictions, threshold: float) -> None:
+    """Spam exactly when its probability is >= `threshold`, which differs from argmax here."""
+    spam = [p.probabilities["spam"] for p in predictions]
+    assert threshold in spam  # the edge itself is among the texts
+    assert [p.label for p in predictions] == ["spam" if q >= threshold else "not spam" for q in spam]
+    assert [p.label for p in predictions] != ["spam" if q >= 0.5 else "not spam" for q in spam]
+
+
+@pytest.mark.parametrize("form", ["ckpt", "onnx"])
+def test_the_stored_threshold_decides_at_its_exact_edge(trained, sms_test_split, tmp_path, form):
+    """A threshold written into the checkpoint (and so into its ONNX export) is what prediction uses."""
+    _, _, path = trained["book"]
+    texts = sms_test_split["Text"].astype(str).head(40).tolist()
+
+    def saved(name: str, decision: dict) -> str:
+        ckpt = tmp_path / f"{name}.ckpt"
+        shutil.copy(path, ckpt)
+        write_decision(ckpt, decision)
+        if form == "ckpt":
+            return str(ckpt)
+        export_onnx(load_classifier(ckpt), tmp_path / f"{name}.onnx")
+        return str(tmp_path / f"{name}.onnx")
+
+    plain = load_predictor(saved("argmax", {"threshold": None})).predict(texts)
+    threshold = edge_threshold([p.probabilities["spam"] for p in plain])
+    decided = load_predictor(saved("decided", {"positive_class": 1, "threshold": threshold})).predict(texts)
+    assert [p.probabilities for p in decided] == [p.probabilities for p in plain]
+    assert_decided_at(decided, threshold)
+
+
+def test_cli_threshold_at_a_texts_exact_probability(trained, sms_test_split, tmp_path):
+    """`--threshold P` with P a text's own probability: that text is spam (>=)."""
+    texts = sms_test_split["Text"].astype(str).head(12).tolist()
+    command = [sys.executable, str(PREDICT_PY), str(trained["book"][2]), "--json", *texts]
+
+    def run(*extra: str) -> list:
+        done = subprocess.run([*command, *extra], capture_output=True, text=True, env=cli_env(), timeout=300)
+        assert done.returncode == 0, done.stderr
+        return [SimpleNamespace(**json.loads(line)) for line in done.stdout.splitlines()]
+
+    threshold = edge_threshold([p.probabilities["spam"] for p in run()])
+    assert_decided_at(run("--threshold", repr(threshold)), threshold)
 
 
 def test_truncated_checkpoint_is_a_clear_error(trained, tmp_path):

@@ -151,8 +151,12 @@ def test_the_page_needs_nothing_from_elsewhere(server):
     status, _, page = request(server.port, "GET", "/")
     assert status == 200
     assert '<textarea id="texts"' in page and '<button id="classify"' in page
-    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # no CDN, no remote asset
-    assert "@import" not in page
+    assert "://" not in page  # no absolute address at all: no CDN, no remote asset
+    remote = r"""(src|href)\s*=\s*["']?//|url\(\s*["']?//|@import|XMLHttpRequest|WebSocket|EventSource"""
+    assert not re.search(remote, page)
+    fetched = re.findall(r"""fetch\(\s*(["'`])(.*?)\1""", page)
+    assert len(fetched) == page.count("fetch(")  # every fetch names its address literally...
+    assert {address for _, address in fetched} == {"/predict", "/health"}  # ...on this server
 
 
 def test_a_burst_of_concurrent_clients_is_batched_without_errors(server, texts, expected):
@@ -282,7 +286,7 @@ def test_cli_errors_are_one_line(cli_errors, name, message):
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: apt-get install chromium-driver")
-def test_the_page_in_a_real_browser(server, expected, tmp_path):
+def test_the_page_in_a_real_browser(server, texts, expected, tmp_path):
     """Type a message, click, see its class and probability; several lines give a table.
 
     `SERVE_SCREENSHOT=docs/serve.png` also saves the page with its answer there (the README's picture).
@@ -312,16 +316,32 @@ def test_the_page_in_a_real_browser(server, expected, tmp_path):
             replace_atomically(target, lambda f: f.write(shot.read_bytes()))
 
         box.clear()
-        box.send_keys(f"{SPAM}\n{HAM}\nok then, see you at 5")
+        three = [SPAM, HAM, next(t for t in texts[3:] if t == t.strip() and "\n" not in t)]
+        box.send_keys("\n".join(three))
         browser.find_element(By.ID, "classify").click()
         rows = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#result tbody tr"))
-        assert len(rows) == 3
-        labels = [row.find_element(By.CSS_SELECTOR, ".label").text for row in rows]
-        assert labels[:2] == [want.label, expected[HAM].label]
+        assert [row.find_element(By.CSS_SELECTOR, ".text").get_attribute("title") for row in rows] == three
+        assert [row.find_element(By.CSS_SELECTOR, ".label").text for row in rows] == [
+            expected[text].label for text in three
+        ]
+        for row, text in zip(rows, three, strict=True):
+            shown = float(row.find_element(By.CSS_SELECTOR, ".probability").text.rstrip("%"))
+            assert shown == pytest.approx(100 * expected[text].probability, abs=0.051)
 
         box.clear()
         browser.find_element(By.ID, "classify").click()
-        assert wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#result [role=alert]")).text
+        alert = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#result [role=alert]"))
+        assert alert.text == "Type a message first."
+        # a refusal of the server is shown as its reason
+        browser.execute_script("arguments[0].value = arguments[1];", box, "\n".join(["hi"] * 257))
+        browser.find_element(By.ID, "classify").click()
+        wait.until(lambda b: "257" in b.find_element(By.CSS_SELECTOR, "#result [role=alert]").text)
+        assert browser.find_element(By.CSS_SELECTOR, "#result [role=alert]").text == (
+            "257 texts is over the limit of 256 per request (--max-texts): send them in several requests"
+        )
+        # everything the page loaded or fetched came from this server
+        loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert loaded and all(name.startswith(f"http://127.0.0.1:{server.port}/") for name in loaded), loaded
     finally:
         browser.quit()
 

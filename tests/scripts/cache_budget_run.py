@@ -2,7 +2,7 @@
 
     python cache_budget_run.py DATA_DIR ROOT_DIR OUT_JSON BUDGET_GB|auto [CGROUP_DIR MARGIN_MB]
 
-With a (cgroup v1) CGROUP_DIR the process first moves itself into that memory cgroup, so that all
+With a memory cgroup CGROUP_DIR (v1 or v2) the process first moves itself into that memory cgroup, so that all
 it allocates is charged there; once the data is tokenized and the model built, it limits the group
 to its usage + MARGIN_MB: the automatic cache budget must then see the cgroup's limit, not the RAM.
 """
@@ -64,9 +64,12 @@ module = GPTClassifier(
 )
 limit = None
 if cgroup is not None:
-    usage = int((cgroup / "memory.usage_in_bytes").read_text())
-    limit = usage + int(sys.argv[6]) * 2**20
-    (cgroup / "memory.limit_in_bytes").write_text(str(limit))
+    v2 = (cgroup / "memory.max").exists()
+    usage_file, limit_file = (
+        ("memory.current", "memory.max") if v2 else ("memory.usage_in_bytes", "memory.limit_in_bytes")
+    )
+    limit = int((cgroup / usage_file).read_text()) + int(sys.argv[6]) * 2**20
+    (cgroup / limit_file).write_text(str(limit))
 recorder = Recorder()
 trainer = quiet_trainer(default_root_dir=root_dir, limit_train_batches=5, callbacks=[recorder])
 trainer.fit(module, datamodule=dm)

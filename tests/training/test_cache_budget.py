@@ -133,13 +133,24 @@ def test_headroom_is_the_tightest_cgroup_limit_v1_and_v2(tmp_path):
     assert memory_cgroup_dirs("1:cpu:/\n", root=v1) == []
 
 
-def own_v1_memory_cgroup() -> Path | None:
-    """This process's cgroup v1 memory folder, if we may make groups in it (root on a v1 machine)."""
-    for _, controllers, path in (
+CGROUP_V2 = Path("/sys/fs/cgroup/cgroup.controllers").is_file()
+
+
+def own_memory_cgroup(version: str) -> Path | None:
+    """This process's memory cgroup folder in hierarchy `version` (v1, v2), if we may make limited
+    groups in it: root on v1; on v2 a writable group that hands the memory controller down."""
+    for hierarchy, controllers, path in (
         line.split(":", 2) for line in Path("/proc/self/cgroup").read_text().splitlines()
     ):
-        folder = Path("/sys/fs/cgroup/memory") / path.strip("/")
-        if "memory" in controllers.split(",") and folder.is_dir() and os.access(folder, os.W_OK):
+        if version == "v1" and "memory" in controllers.split(","):
+            folder = Path("/sys/fs/cgroup/memory") / path.strip("/")
+        elif version == "v2" and CGROUP_V2 and hierarchy == "0":
+            folder = Path("/sys/fs/cgroup") / path.strip("/")
+            if "memory" not in (folder / "cgroup.subtree_control").read_text().split():
+                continue
+        else:
+            continue
+        if folder.is_dir() and os.access(folder, os.W_OK):
             return folder
     return None
 
@@ -171,10 +182,18 @@ def run_child(tmp_path: Path, name: str, args: list[str]) -> dict:
     return json.loads(out.read_text())
 
 
-def test_automatic_budget_inside_a_small_memory_cgroup_spills_and_trains_the_same(tmp_path):
-    own = own_v1_memory_cgroup()
+def other_hierarchy(version: str) -> list[pytest.MarkDecorator]:
+    """The variant for the cgroup hierarchy this machine does not run may skip, even in CI."""
+    if (version == "v2") == CGROUP_V2:
+        return []
+    return [pytest.mark.optional_skip(reason=f"this machine runs cgroup {'v2' if CGROUP_V2 else 'v1'}")]
+
+
+@pytest.mark.parametrize("version", [pytest.param(v, marks=other_hierarchy(v)) for v in ("v1", "v2")])
+def test_automatic_budget_inside_a_small_memory_cgroup_spills_and_trains_the_same(tmp_path, version):
+    own = own_memory_cgroup(version)
     if own is None:
-        pytest.skip("needs a writable cgroup v1 memory hierarchy (root on a cgroup v1 machine)")
+        pytest.skip(f"needs a writable cgroup {version} memory hierarchy that can make limited groups")
     long_texts_split(tmp_path / "data")
     group = own / f"gpt-classifier-test-{uuid.uuid4().hex[:8]}"
     group.mkdir()

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,6 +72,7 @@ def test_one_preset_per_row():
     assert sorted(rows) == list(range(1, 20))
 
 
+@pytest.mark.timeout(700)  # the sweep's own limit (600 s) decides
 def test_whole_table_is_one_command(tmp_path, sms_split_dir):
     """`-m 'experiment=glob(book_*)'` runs every row (tiny model, a few steps) into one summary."""
     result = subprocess.run(

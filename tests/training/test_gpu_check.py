@@ -3,6 +3,7 @@ ending in one report with the speed benchmark's modes, their phases and the book
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ from helpers import cli_env
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timeout(1000)  # the script's own limit (900 s) decides, with the name of its stage
 def test_gpu_check_dry_run(tmp_path):
+    started = time.monotonic()
     result = subprocess.run(
         ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path)],
         cwd=tmp_path,
@@ -20,6 +23,7 @@ def test_gpu_check_dry_run(tmp_path):
         text=True,
         timeout=900,
     )
+    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["dry_run"] is True
@@ -28,6 +32,9 @@ def test_gpu_check_dry_run(tmp_path):
         phases = report["bench"][mode]["phases"]
         assert sum(phases["wall"].values()) == pytest.approx(phases["total_wall"], abs=0.05)  # every second
         assert sum(phases["cpu"].values()) == pytest.approx(phases["total_cpu"], abs=0.05)
+        assert (
+            0 < phases["total_wall"] < elapsed
+        )  # against a clock of its own (tests/training/test_phases.py)
         assert phases["to_first_batch"] > 0 and phases["wall"]["training"] > 0
     assert report["bench"]["b"]["phases"]["wall"]["cache"] > 0  # b and c cache the frozen trunk
     assert report["bench"]["a"]["phases"]["wall"]["cache"] == 0

@@ -16,7 +16,11 @@ from gpt_classifier.data.datamodule import TextClassificationDataModule
 from gpt_classifier.errors import GPTClassifierError
 from gpt_classifier.training.lightning_module import GPTClassifier
 
-TOL = 1e-4
+# The cache computes the same float32 numbers in other batches: measured differences are 0 (the book's
+# reading, the 3-layer model) to 1.2e-7 (one float32 ulp of a loss near 0.7). 1e-6 is 8 times that and
+# 100 times below what rounding the cached states through fp16 or bf16 changes.
+TOL = 1e-6
+EXACT = {"book_last_max_length", "last_two_blocks_3_layers"}
 SEED = 7
 ROWS = {"train": 160, "validation": 40, "test": 60}
 
@@ -90,15 +94,15 @@ def fit(dm, cache_frozen, model=None, finetune=None, classifier=None, epochs=2, 
     return module, recorder.losses, metrics, cached.splits
 
 
-def assert_same_training(cached, uncached):
+def assert_same_training(cached, uncached, tolerance=TOL):
     (module_c, losses_c, metrics_c, splits_c), (module_u, losses_u, metrics_u, splits_u) = cached, uncached
     assert module_c.cache is not None and set(splits_c) == {"train", "validation", "test"}
     assert module_u.cache is None and not splits_u
-    assert losses_c == pytest.approx(losses_u, abs=TOL, rel=0)
+    assert losses_c == pytest.approx(losses_u, abs=tolerance, rel=0)
     assert {"val/loss", "val/acc", "final/test_loss", "final/test_acc", "train/loss_epoch"} <= set(metrics_u)
     assert set(metrics_c) == set(metrics_u)
     for name in metrics_u:
-        assert metrics_c[name] == pytest.approx(metrics_u[name], abs=TOL, rel=0), name
+        assert metrics_c[name] == pytest.approx(metrics_u[name], abs=tolerance, rel=0), name
     # the losses moved: a model that did not train would make this comparison vacuous
     assert max(losses_u) - min(losses_u) > 1e-3
 
@@ -133,8 +137,9 @@ def test_cache_gives_the_same_training(datamodules, case):
     dm = datamodules(padding)
     cached = fit(dm, True, model, finetune, classifier)
     uncached = fit(dm, False, model, finetune, classifier)
-    assert_same_training(cached, uncached)
+    assert_same_training(cached, uncached, tolerance=0.0 if case in EXACT else TOL)
     module, splits = cached[0], cached[3]
+    assert {state.dtype for state in splits["train"].states} == {torch.float32}
     token_ids = dm.token_ids("train")
     assert kept_positions(splits) == [kept(ids, dm.max_length) for ids in token_ids]
     n_layers = (model or TINY_MODEL)["n_layers"]
