@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt_classifier.cli.predict import read_texts
-from gpt_classifier.data.encoding import TokenArrays, encode_texts, pad_batch
-from gpt_classifier.data.tokenizer import PAD_TOKEN_ID, get_tokenizer
+from gpt_classifier.data.encoding import TokenArrays, pad_batch
+from gpt_classifier.data.tokenizer import PAD_TOKEN_ID, encode_bounded_batch, get_tokenizer
 
 TOKENIZER = get_tokenizer()
 token_lists = st.lists(st.lists(st.integers(0, 50256), max_size=12), max_size=8)
@@ -66,10 +66,10 @@ def test_padding_keeps_every_token_and_pads_after(lists, extra):
 @given(st.lists(texts, max_size=5), st.integers(1, 8))
 def test_texts_are_tokenized_as_plain_text_and_cut(batch, max_length):
     """Special-token strings stay text; the cut keeps the first tokens; the whole decodes back."""
-    whole = encode_texts(TOKENIZER, batch)
+    whole = encode_bounded_batch(TOKENIZER, batch, None)
     assert [TOKENIZER.decode(ids) for ids in whole] == batch
-    assert encode_texts(TOKENIZER, batch, max_length) == [ids[:max_length] for ids in whole]
-    assert encode_texts(TOKENIZER, ["<|endoftext|>"]) != [[PAD_TOKEN_ID]]
+    assert encode_bounded_batch(TOKENIZER, batch, max_length) == [ids[:max_length] for ids in whole]
+    assert encode_bounded_batch(TOKENIZER, ["<|endoftext|>"], None) != [[PAD_TOKEN_ID]]
 
 
 @settings(max_examples=80, deadline=None)

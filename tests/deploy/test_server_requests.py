@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from gpt_classifier.deploy.server import USAGE, Limits, parse_texts, read_body
+from gpt_classifier.deploy.request_body import INVISIBLE, USAGE, parse_texts, read_body
+from gpt_classifier.deploy.server import Limits
 
 
 def refusal(body: bytes, max_texts: int = 4) -> tuple[int, str]:
@@ -43,18 +44,31 @@ def refusal(body: bytes, max_texts: int = 4) -> tuple[int, str]:
         (b'{"texts": ["a", "b", [1]]}', 422, "texts[2] is a list, not a string"),
         (b'{"texts": [null]}', 422, "texts[0] is null, not a string"),
         (b'{"text": 1.5}', 422, "text is a number, not a string"),
-        (b'{"text": " \\t\\n"}', 422, "text is empty: send some text to classify"),
-        (b'{"texts": ["a", ""]}', 422, "texts[1] is empty: send some text to classify"),
+        (
+            b'{"text": " \\t\\n"}',
+            422,
+            "text is empty (or only invisible characters): send some text to classify",
+        ),
+        (
+            b'{"texts": ["a", ""]}',
+            422,
+            "texts[1] is empty (or only invisible characters): send some text to classify",
+        ),
     ],
 )
 def test_each_bad_body_gets_its_reason(body, status, detail):
     assert refusal(body) == (status, detail)
 
 
-@pytest.mark.parametrize("body", [b"", b"{", b"\xff\xfe", b"[" * 100_000, b'{"text": "a"} x'])
+@pytest.mark.parametrize("body", [b"", b"{", b"[" * 100_000, b'{"text": "a"} x'])
 def test_bodies_that_are_not_json(body):
     status, detail = refusal(body)
     assert status == 400 and detail.startswith("body is not valid JSON (") and detail.endswith(f"): {USAGE}")
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe", '{"text": "a"}'.encode("utf-16")])
+def test_bodies_that_are_not_utf8(body):
+    assert refusal(body) == (400, f"body is not UTF-8 (send JSON encoded as UTF-8): {USAGE}")
 
 
 def test_max_texts_at_its_edge():
@@ -76,7 +90,9 @@ def test_the_default_limits():
     assert Limits() == Limits(max_batch_size=32, max_wait_ms=5.0, max_body_bytes=1_000_000, max_texts=256)
 
 
-texts_strategy = st.lists(st.text(min_size=1).filter(str.strip), min_size=1, max_size=8)
+texts_strategy = st.lists(
+    st.text(min_size=1).filter(lambda text: text.strip(INVISIBLE)), min_size=1, max_size=8
+)
 
 
 @settings(max_examples=80, deadline=None)
@@ -129,7 +145,7 @@ def request_with(chunks: list[bytes], content_length: str | None) -> tuple[Reque
 
 
 def body_read(chunks: list[bytes], content_length: str | None, limit: int) -> bytes:
-    return asyncio.run(read_body(request_with(chunks, content_length)[0], limit))
+    return asyncio.run(read_body(request_with(chunks, content_length)[0], limit, timeout_s=30))
 
 
 TOO_BIG = "request body over the limit of 10 bytes (--max-body-bytes): send fewer or shorter texts"
@@ -151,7 +167,7 @@ def test_a_streamed_body_one_byte_over_is_refused(declared):
 def test_a_declared_size_over_the_limit_is_refused_unread(declared):
     request, read = request_with([b"0123456789x"], declared)
     with pytest.raises(HTTPException) as caught:
-        asyncio.run(read_body(request, 10))
+        asyncio.run(read_body(request, 10, timeout_s=30))
     assert (caught.value.status_code, caught.value.detail) == (413, TOO_BIG)
     assert read == []  # not one chunk read
 
@@ -159,5 +175,5 @@ def test_a_declared_size_over_the_limit_is_refused_unread(declared):
 def test_the_refusal_comes_at_the_chunk_that_crosses_the_limit():
     request, read = request_with([b"01234", b"567890", b"never", b"read"], None)
     with pytest.raises(HTTPException):
-        asyncio.run(read_body(request, 10))
+        asyncio.run(read_body(request, 10, timeout_s=30))
     assert len(read) == 2
