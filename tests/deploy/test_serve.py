@@ -154,9 +154,11 @@ def test_the_page_needs_nothing_from_elsewhere(server):
     assert "://" not in page  # no absolute address at all: no CDN, no remote asset
     remote = r"""(src|href)\s*=\s*["']?//|url\(\s*["']?//|@import|XMLHttpRequest|WebSocket|EventSource"""
     assert not re.search(remote, page)
-    fetched = re.findall(r"""fetch\(\s*(["'`])(.*?)\1""", page)
-    assert len(fetched) == page.count("fetch(")  # every fetch names its address literally...
-    assert {address for _, address in fetched} == {"/predict", "/health"}  # ...on this server
+    assert page.count("fetch(") == 1 and "fetch(path, " in page  # one fetch, inside api(path) ...
+    called = re.findall(r"""api\((?:explain \? )?(["'`])(.*?)\1(?: : (["'`])(.*?)\3)?""", page)
+    addresses = {address for call in called for address in (call[1], call[3]) if address}
+    assert len(called) == page.count("api(") - 1  # ... and every call of api names its address literally
+    assert addresses == {"/predict", "/explain", "/health"}  # ... on this server
 
 
 def test_a_burst_of_concurrent_clients_is_batched_without_errors(server, texts, expected):

@@ -80,15 +80,18 @@ def body_of(size: int) -> bytes:
     return body
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def post(port: int, body: bytes, *, chunked: bool = False) -> tuple[int, dict]:
     """POST /predict with a Content-Length, or chunked (in 3 pieces, so no Content-Length)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         if chunked:
             pieces = iter([body[:10], body[10:-5], body[-5:]])
-            connection.request("POST", "/predict", body=pieces, encode_chunked=True)
+            connection.request("POST", "/predict", body=pieces, headers=JSON, encode_chunked=True)
         else:
-            connection.request("POST", "/predict", body=body)
+            connection.request("POST", "/predict", body=body, headers=JSON)
         response = connection.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -120,7 +123,10 @@ def test_a_body_exactly_at_the_limit_is_served_and_one_byte_more_is_refused(port
 def test_a_declared_size_over_the_limit_is_refused_before_the_body_comes(port, declared):
     """Only the headers are sent: the server must answer from the Content-Length alone."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        head = f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {declared}\r\n\r\n"
+        head = (
+            "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {declared}\r\n\r\n"
+        )
         sock.sendall(head.encode() + body_of(MAX_BODY_BYTES)[:50])
         answer = b""
         while b"\r\n\r\n" not in answer:

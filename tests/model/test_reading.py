@@ -154,13 +154,13 @@ def test_decide_is_positive_exactly_at_and_above_the_threshold(positive_probs, p
 
 def test_a_classifier_decides_with_its_own_threshold_unless_given_one():
     classifier = build_classifier(TINY_MODEL, ["ham", "spam"])
-    assert classifier.decision() == {"positive_class": 1, "threshold": None}
+    assert classifier.decision() == {"positive_class": 1, "threshold": None, "temperature": 1.0}
     classifier.set_decision({"threshold": 0.75})
     assert classifier.decide(PROBS).tolist() == [0, 0, 1, 0]
     assert classifier.decide(PROBS, threshold=0.3).tolist() == [1, 1, 1, 1]
     assert classifier.decide(PROBS, threshold=0.0).tolist() == [1, 1, 1, 1]  # 0 overrides too
     classifier.set_decision({"positive_class": 0, "threshold": 0.4})
-    assert classifier.decision() == {"positive_class": 0, "threshold": 0.4}
+    assert classifier.decision() == {"positive_class": 0, "threshold": 0.4, "temperature": 1.0}
     assert classifier.decide(PROBS).tolist() == [0, 0, 1, 0]
     classifier.set_decision({})  # no threshold: argmax; the positive class stays
-    assert classifier.decision() == {"positive_class": 0, "threshold": None}
+    assert classifier.decision() == {"positive_class": 0, "threshold": None, "temperature": 1.0}

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
+TESTS = Path(__file__).resolve().parents[1]
+CONFTEST = TESTS / "conftest.py"
 
 SAMPLE = """
 import pytest
@@ -40,6 +41,7 @@ def run_sample(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess:
     shutil.copy(CONFTEST, tmp_path / "conftest.py")
     (tmp_path / "test_sample.py").write_text(SAMPLE)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["PYTHONPATH"] = str(TESTS)  # the conftest's shared helpers
     if ci is not None:
         env["CI"] = ci
     command = [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", "-rA", "-q"]
@@ -69,7 +71,7 @@ def test_outside_ci_skips_stay_skips(tmp_path, ci):
 def test_under_ci_a_skipped_module_fails(tmp_path):
     shutil.copy(CONFTEST, tmp_path / "conftest.py")
     (tmp_path / "test_gone.py").write_text('import pytest\npytest.importorskip("no_such_module_here")\n')
-    env = {**os.environ, "CI": "true"}
+    env = {**os.environ, "CI": "true", "PYTHONPATH": str(TESTS)}
     command = [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", "-q"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "test module skipped under CI=true" in result.stdout, result.stdout
