@@ -78,12 +78,7 @@ def make_hf_checkpoint(tmp_path):
 # --- Suite hygiene: no silent skips in CI ------------------------------------------------------------
 # Under CI=true a skipped test fails, unless it is marked `optional_skip(reason=...)`: a skip that hides
 # coverage (a missing browser, a cgroup the machine cannot give) then shows up instead of passing.
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "optional_skip(reason): may skip under CI=true (other skips fail there)"
-    )
+# The marker is registered in pyproject.toml, so that runs without this file (--noconftest) know it.
 
 
 def in_ci() -> bool:

@@ -37,8 +37,16 @@ def test_passes():
 """
 
 
+def copy_suite_settings(folder: Path) -> None:
+    """The suite's conftest and its marker (registered in pyproject.toml) in `folder`."""
+    shutil.copy(CONFTEST, folder / "conftest.py")
+    (folder / "pytest.ini").write_text(
+        "[pytest]\nmarkers =\n    optional_skip(reason): may skip under CI=true\n"
+    )
+
+
 def run_sample(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess:
-    shutil.copy(CONFTEST, tmp_path / "conftest.py")
+    copy_suite_settings(tmp_path)
     (tmp_path / "test_sample.py").write_text(SAMPLE)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env["PYTHONPATH"] = str(TESTS)  # the conftest's shared helpers
@@ -69,7 +77,7 @@ def test_outside_ci_skips_stay_skips(tmp_path, ci):
 
 
 def test_under_ci_a_skipped_module_fails(tmp_path):
-    shutil.copy(CONFTEST, tmp_path / "conftest.py")
+    copy_suite_settings(tmp_path)
     (tmp_path / "test_gone.py").write_text('import pytest\npytest.importorskip("no_such_module_here")\n')
     env = {**os.environ, "CI": "true", "PYTHONPATH": str(TESTS)}
     command = [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", "-q"]
